@@ -1,0 +1,40 @@
+# Quickstart: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_DEPS := $(VENV)/.deps-installed
+STAMP_BUILD := $(VENV)/.op-built
+SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
+
+.PHONY: all venv build demo test test-fast bench clean
+
+all: build
+
+$(STAMP_DEPS): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt
+	touch $@
+
+venv: $(STAMP_DEPS)
+
+# Builds the op against the TensorFlow in .venv (hence --no-build-isolation)
+# and installs the package in editable mode so tests run against the tree.
+$(STAMP_BUILD): $(STAMP_DEPS) $(SOURCES)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(STAMP_BUILD)
+
+demo: build
+	$(PY) -m keras_vae demo
+
+test: build
+	$(PY) -m pytest tests -q
+
+bench: build
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf build _skbuild keras_vae/*.so runs

@@ -1,0 +1,138 @@
+// keras_vae._kernels: the fused kernels on NumPy buffers, with no TensorFlow.
+// It exists so the kernels can be tested and measured where TensorFlow is
+// absent or cannot see the device.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cpu/reparam_kl_cpu.h"
+#include "reparam_kl.h"
+
+namespace py = pybind11;
+
+namespace keras_vae {
+namespace {
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+// [..., D] -> (N, D), with the caller's argument name in every error.
+template <typename T>
+ReparamShape shape_of(const Array<T>& mean, const Array<T>& log_var,
+                      int64_t num_samples) {
+  if (mean.ndim() < 1) {
+    throw py::value_error("mean must have rank >= 1 ([..., D])");
+  }
+  if (mean.ndim() != log_var.ndim() ||
+      !std::equal(mean.shape(), mean.shape() + mean.ndim(),
+                  log_var.shape())) {
+    throw py::value_error("mean and log_var must have the same shape");
+  }
+  if (num_samples < 1) {
+    throw py::value_error("num_samples must be >= 1, got " +
+                          std::to_string(num_samples));
+  }
+  const int64_t d = mean.shape(mean.ndim() - 1);
+  const int64_t n = d == 0 ? 0 : mean.size() / d;
+  return {num_samples, n, d};
+}
+
+template <typename T>
+std::vector<py::ssize_t> with_sample_axis(const Array<T>& a, int64_t k,
+                                          bool keep_last) {
+  std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(k)};
+  for (py::ssize_t i = 0; i < a.ndim() - (keep_last ? 0 : 1); ++i) {
+    shape.push_back(a.shape(i));
+  }
+  return shape;
+}
+
+// Splits [0, total) over hardware threads (the NumPy entry has no pool).
+void thread_for(int64_t total, int64_t /*cost*/,
+                const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t workers = std::max<int64_t>(
+      1, std::min<int64_t>(total, std::thread::hardware_concurrency()));
+  if (workers <= 1) return cpu::serial_for(total, 0, fn);
+  std::vector<std::thread> pool;
+  const int64_t step = (total + workers - 1) / workers;
+  for (int64_t b = 0; b < total; b += step) {
+    pool.emplace_back(fn, b, std::min(total, b + step));
+  }
+  for (auto& t : pool) t.join();
+}
+
+template <typename T>
+py::tuple forward(const Array<T>& mean, const Array<T>& log_var,
+                  int64_t num_samples, uint64_t seed0, uint64_t seed1) {
+  const ReparamShape s = shape_of(mean, log_var, num_samples);
+  Array<T> z(with_sample_axis(mean, num_samples, true));
+  std::vector<py::ssize_t> batch(mean.shape(), mean.shape() + mean.ndim() - 1);
+  Array<T> kl(batch);
+  Array<T> log_ratio(with_sample_axis(mean, num_samples, false));
+  {
+    py::gil_scoped_release release;
+    cpu::reparam_kl_forward<T>(s, mean.data(), log_var.data(),
+                               stream_from_seed(seed0, seed1),
+                               z.mutable_data(), kl.mutable_data(),
+                               log_ratio.mutable_data(), thread_for);
+  }
+  return py::make_tuple(z, kl, log_ratio);
+}
+
+template <typename T>
+py::tuple backward(const Array<T>& mean, const Array<T>& log_var,
+                   int64_t num_samples, uint64_t seed0, uint64_t seed1,
+                   const Array<T>& grad_z, const Array<T>& grad_kl,
+                   const Array<T>& grad_log_ratio, bool stop_params) {
+  const ReparamShape s = shape_of(mean, log_var, num_samples);
+  if (grad_z.size() != s.num_samples * s.rows * s.dim ||
+      grad_kl.size() != s.rows ||
+      grad_log_ratio.size() != s.num_samples * s.rows) {
+    throw py::value_error(
+        "grad_z, grad_kl and grad_log_ratio must match the forward outputs");
+  }
+  std::vector<py::ssize_t> shape(mean.shape(), mean.shape() + mean.ndim());
+  Array<T> grad_mean(shape), grad_log_var(shape);
+  {
+    py::gil_scoped_release release;
+    cpu::reparam_kl_backward<T>(
+        s, mean.data(), log_var.data(), stream_from_seed(seed0, seed1),
+        grad_z.data(), grad_kl.data(), grad_log_ratio.data(), stop_params,
+        grad_mean.mutable_data(), grad_log_var.mutable_data(), thread_for);
+  }
+  return py::make_tuple(grad_mean, grad_log_var);
+}
+
+}  // namespace
+}  // namespace keras_vae
+
+PYBIND11_MODULE(_kernels, m) {
+  using namespace keras_vae;
+  m.doc() = "The fused reparameterize-and-KL kernels on NumPy buffers.";
+  const char* fwd_doc =
+      "forward(mean, log_var, num_samples, seed0, seed1) -> (z, kl, log_ratio)";
+  const char* bwd_doc =
+      "backward(mean, log_var, num_samples, seed0, seed1, grad_z, grad_kl, "
+      "grad_log_ratio, stop_params) -> (grad_mean, grad_log_var)";
+  // double first so float64 input is not cast down by forcecast.
+  m.def("cpu_forward", &forward<double>, fwd_doc, py::arg("mean").noconvert(),
+        py::arg("log_var").noconvert(), py::arg("num_samples"),
+        py::arg("seed0"), py::arg("seed1"));
+  m.def("cpu_forward", &forward<float>, fwd_doc, py::arg("mean"),
+        py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
+        py::arg("seed1"));
+  m.def("cpu_backward", &backward<double>, bwd_doc,
+        py::arg("mean").noconvert(), py::arg("log_var").noconvert(),
+        py::arg("num_samples"), py::arg("seed0"), py::arg("seed1"),
+        py::arg("grad_z"), py::arg("grad_kl"), py::arg("grad_log_ratio"),
+        py::arg("stop_params") = false);
+  m.def("cpu_backward", &backward<float>, bwd_doc, py::arg("mean"),
+        py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
+        py::arg("seed1"), py::arg("grad_z"), py::arg("grad_kl"),
+        py::arg("grad_log_ratio"), py::arg("stop_params") = false);
+}
