@@ -21,8 +21,9 @@ venv: $(STAMP_DEPS)
 
 # Builds the op against the TensorFlow in .venv (hence --no-build-isolation)
 # and installs the package in editable mode so tests run against the tree.
+# flock: concurrent `make build`s would race on the shared CMake build tree.
 $(STAMP_BUILD): $(STAMP_DEPS) $(SOURCES)
-	$(PIP) install --no-build-isolation --no-deps -e .
+	flock $(VENV)/.build.lock $(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
 build: $(STAMP_BUILD)

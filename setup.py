@@ -19,7 +19,12 @@ class CMakeExtension(Extension):
 
 
 class CMakeBuild(build_ext):
+    """One CMake build produces every extension; later calls find it done."""
+
     def build_extension(self, ext):
+        if getattr(self, "_cmake_done", False):
+            return
+        self._cmake_done = True
         output_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
@@ -36,7 +41,9 @@ class CMakeBuild(build_ext):
 
 setup(
     packages=find_packages(include=["keras_vae", "keras_vae.*"]),
-    package_data={"keras_vae": ["*.so", "_build_info.json"]},
-    ext_modules=[CMakeExtension("keras_vae._kernels")],
+    ext_modules=[
+        CMakeExtension("keras_vae._reparam_kl_ops"),
+        CMakeExtension("keras_vae._kernels"),
+    ],
     cmdclass={"build_ext": CMakeBuild},
 )

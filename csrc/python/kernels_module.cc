@@ -114,6 +114,13 @@ py::tuple backward(const Array<T>& mean, const Array<T>& log_var,
 PYBIND11_MODULE(_kernels, m) {
   using namespace keras_vae;
   m.doc() = "The fused reparameterize-and-KL kernels on NumPy buffers.";
+  m.def("build_info", [] {
+    py::dict info;
+    info["cpu"] = true;
+    info["cuda"] = static_cast<bool>(KERAS_VAE_WITH_CUDA);
+    info["cuda_architectures"] = std::string(KERAS_VAE_CUDA_ARCHS);
+    return info;
+  }, "What this build compiled: CPU, CUDA and the CUDA architectures.");
   const char* fwd_doc =
       "forward(mean, log_var, num_samples, seed0, seed1) -> (z, kl, log_ratio)";
   const char* bwd_doc =

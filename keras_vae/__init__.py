@@ -1,0 +1,5 @@
+"""keras-vae: variational autoencoders for Keras 3 on a fused TensorFlow op."""
+
+from keras_vae import ops
+
+__version__ = "0.1.0"
