@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.op-built
-SOURCES := $(shell find csrc -type f) CMakeLists.txt setup.py pyproject.toml
+SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*') CMakeLists.txt setup.py pyproject.toml
+SANITIZE_DIR := build/sanitize
 
-.PHONY: all venv build demo test test-fast bench clean
+.PHONY: all venv build demo test test-fast bench clean sanitize
 
 all: build
 
@@ -31,8 +32,15 @@ build: $(STAMP_BUILD)
 demo: build
 	$(PY) -m keras_vae demo
 
-test: build
+test: build sanitize
 	$(PY) -m pytest tests -q
+
+# The CPU kernels under AddressSanitizer and UndefinedBehaviorSanitizer, in a
+# build of their own (no TensorFlow needed).
+sanitize: $(STAMP_DEPS)
+	$(VENV)/bin/cmake -S csrc/tests -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	$(VENV)/bin/cmake --build $(SANITIZE_DIR) -j 2
+	$(VENV)/bin/ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 
 bench: build
 	$(PY) -m benchmarks.run
