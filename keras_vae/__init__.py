@@ -1,6 +1,6 @@
 """keras-vae: variational autoencoders for Keras 3 on a fused TensorFlow op."""
 
 from keras_vae import ops
-from keras_vae import layers
+from keras_vae import layers, likelihoods, bounds
 
 __version__ = "0.1.0"

@@ -1,0 +1,113 @@
+"""Variational bounds on log p(x), as pure functions of tensors.
+
+Shapes: `log_px_z` and `log_ratio` are `[K, ...]`, one row per sample
+z_k ~ q(z|x) (as returned by `keras_vae.ops.reparameterize_kl`, with
+`log_ratio = log q(z_k|x) - log p(z_k)`); `kl` is `[...]`. Every bound is
+per example, `[...]`; average over the batch for a loss.
+
+A custom `train_step` can use them directly:
+
+>>> z, kl, log_ratio = keras_vae.ops.reparameterize_kl(mean, log_var, 8, seed)
+>>> log_px_z = likelihood.log_prob(x, decode(z))          # [8, B]
+>>> loss = -ops.mean(keras_vae.bounds.iwae_bound(log_px_z, log_ratio))
+"""
+
+import math
+
+from keras import ops
+
+__all__ = [
+    "elbo",
+    "elbo_mc",
+    "log_weights",
+    "iwae_bound",
+    "dreg_surrogate",
+    "kl_per_dimension",
+    "free_bits_kl",
+    "combine_log_mean_exp",
+]
+
+
+def elbo(log_px_z, kl):
+    """ELBO with the analytic KL: mean_k log p(x|z_k) - KL(q || p)."""
+    return ops.mean(log_px_z, axis=0) - kl
+
+
+def elbo_mc(log_px_z, log_ratio):
+    """ELBO with a Monte Carlo KL: mean_k [log p(x|z_k) - log_ratio_k]."""
+    return ops.mean(log_weights(log_px_z, log_ratio), axis=0)
+
+
+def log_weights(log_px_z, log_ratio):
+    """log w_k = log p(x, z_k) - log q(z_k|x) = log p(x|z_k) - log_ratio_k."""
+    return log_px_z - log_ratio
+
+
+def _log_num_samples(log_w):
+    return ops.log(ops.cast(ops.shape(log_w)[0], log_w.dtype))
+
+
+def iwae_bound(log_px_z, log_ratio):
+    """Importance-weighted bound (Burda et al. 2015).
+
+    `logsumexp_k log w_k - log K`; equals `elbo_mc` for K=1 and rises
+    towards log p(x) with K.
+    """
+    log_w = log_weights(log_px_z, log_ratio)
+    return ops.logsumexp(log_w, axis=0) - _log_num_samples(log_w)
+
+
+def dreg_surrogate(log_px_z, log_ratio):
+    """Encoder surrogate of the doubly reparameterized gradient (DReG).
+
+    Tucker et al. 2018: with `log_ratio` computed with
+    `stop_log_ratio_param_grad=True`, the gradient of
+    `sum_k stop_gradient(w~_k**2) * log w_k` with respect to the encoder's
+    parameters is the DReG estimator of the IWAE bound's gradient, w~ being
+    the normalized importance weights. Its value is not a bound, and its
+    gradient with respect to the decoder is not the IWAE one: use
+    `iwae_bound` for the decoder.
+    """
+    log_w = log_weights(log_px_z, log_ratio)
+    normalized = ops.stop_gradient(ops.softmax(log_w, axis=0))
+    return ops.sum(ops.square(normalized) * log_w, axis=0)
+
+
+def kl_per_dimension(mean, log_var):
+    """KL(N(mean, exp(log_var)) || N(0, 1)) per latent dimension, `[..., D]`.
+
+    The op returns the sum over D; free bits needs the terms.
+    """
+    return 0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var)
+
+
+def free_bits_kl(kl_per_dim, free_bits):
+    """KL with a floor of `free_bits` nats per latent dimension.
+
+    Kingma et al. 2016: each dimension's KL, averaged over the batch, is
+    replaced by `max(free_bits, kl_d)`, so the optimizer gains nothing from
+    pushing a dimension's KL below the floor.
+
+    Args:
+        kl_per_dim: `[B, D]`, from `kl_per_dimension`.
+        free_bits: the floor in nats per dimension, >= 0.
+
+    Returns:
+        The floored KL for the batch, a scalar (it is not per example).
+    """
+    return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
+
+
+def combine_log_mean_exp(chunk_logsumexps, num_samples):
+    """log of the mean of exp(log w) over all samples, from chunks.
+
+    Args:
+        chunk_logsumexps: `[C, ...]`, `logsumexp` of the log-weights of each
+            of C chunks of samples.
+        num_samples: the total number of samples over the chunks.
+
+    Returns:
+        `[...]`: `logsumexp_c chunk_logsumexps[c] - log num_samples`, the
+        importance-sampling estimate of log p(x) (Burda et al. 2015).
+    """
+    return ops.logsumexp(chunk_logsumexps, axis=0) - math.log(num_samples)

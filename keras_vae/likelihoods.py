@@ -1,0 +1,174 @@
+"""Decoder likelihoods p(x|z): Bernoulli and Gaussian.
+
+A likelihood turns the decoder's output into a distribution over x. Each is a
+Keras layer (so a learned scale is a weight of the model) with:
+
+- `log_prob(x, decoder_output)`: log p(x|z), summed over the event
+  dimensions, i.e. every axis of `x` but the first (the batch axis).
+  `decoder_output` may carry extra leading axes (samples), `[..., B, *event]`;
+  the result is then `[..., B]`. Computed in float32.
+- `mean(decoder_output)`: E[x|z].
+- `sample(decoder_output, seed=None)`: a draw of x.
+
+Calling the layer returns `mean(decoder_output)`.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+__all__ = ["Likelihood", "Bernoulli", "Gaussian", "get", "serialize"]
+
+
+class Likelihood(keras.layers.Layer):
+    """Base class of decoder likelihoods."""
+
+    def log_prob(self, x, decoder_output):
+        raise NotImplementedError
+
+    def mean(self, decoder_output):
+        raise NotImplementedError
+
+    def sample(self, decoder_output, seed=None):
+        raise NotImplementedError
+
+    def call(self, decoder_output):
+        return self.mean(decoder_output)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    @staticmethod
+    def _to_float32(x, decoder_output):
+        return ops.cast(x, "float32"), ops.cast(decoder_output, "float32")
+
+    @staticmethod
+    def _sum_event(values, x):
+        event_axes = tuple(range(-(len(x.shape) - 1), 0))
+        return ops.sum(values, axis=event_axes) if event_axes else values
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class Bernoulli(Likelihood):
+    """Independent Bernoulli per dimension; the decoder outputs logits.
+
+    For data in [0, 1] (binary, or grey levels treated as probabilities):
+    `log_prob` is minus the binary cross-entropy with logits, summed over
+    the event dimensions.
+
+    Example:
+
+    >>> likelihood = keras_vae.likelihoods.Bernoulli()
+    >>> log_px_z = likelihood.log_prob(x, decoder(z))   # [B]
+    """
+
+    def log_prob(self, x, decoder_output):
+        x, logits = self._to_float32(x, decoder_output)
+        # x * logits - softplus(logits), stable for large |logits|.
+        values = x * logits - ops.softplus(logits)
+        return self._sum_event(values, x)
+
+    def mean(self, decoder_output):
+        return ops.sigmoid(ops.cast(decoder_output, "float32"))
+
+    def sample(self, decoder_output, seed=None):
+        probs = self.mean(decoder_output)
+        uniform = keras.random.uniform(ops.shape(probs), seed=seed)
+        return ops.cast(uniform < probs, "float32")
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class Gaussian(Likelihood):
+    """Independent Gaussian per dimension; the decoder outputs the mean.
+
+    Args:
+        scale: the standard deviation: a positive float, fixed, or
+            `"learned"` for one learned log-scale per output dimension
+            (a weight of shape `decoder_output.shape[1:]`, initialized to
+            scale 1).
+
+    Example:
+
+    >>> likelihood = keras_vae.likelihoods.Gaussian(scale="learned")
+    >>> log_px_z = likelihood.log_prob(x, decoder(z))   # [B]
+    """
+
+    def __init__(self, scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if scale != "learned":
+            if isinstance(scale, str) or not float(scale) > 0.0:
+                raise ValueError(
+                    'scale must be a positive float or "learned", got '
+                    f"{scale!r}"
+                )
+            scale = float(scale)
+        self.scale = scale
+        if scale != "learned":
+            self.built = True
+
+    @property
+    def learned(self):
+        return self.scale == "learned"
+
+    def build(self, input_shape):
+        if self.learned:
+            self.log_scale = self.add_weight(
+                shape=tuple(input_shape[1:]),
+                initializer="zeros",
+                name="log_scale",
+            )
+
+    def _log_scale(self):
+        if self.learned:
+            return ops.cast(self.log_scale, "float32")
+        return ops.convert_to_tensor(math.log(self.scale), "float32")
+
+    def log_prob(self, x, decoder_output):
+        x, loc = self._to_float32(x, decoder_output)
+        log_scale = self._log_scale()
+        values = (
+            -0.5 * ops.square((x - loc) * ops.exp(-log_scale))
+            - log_scale
+            - 0.5 * math.log(2.0 * math.pi)
+        )
+        return self._sum_event(values, x)
+
+    def mean(self, decoder_output):
+        return ops.cast(decoder_output, "float32")
+
+    def sample(self, decoder_output, seed=None):
+        loc = self.mean(decoder_output)
+        noise = keras.random.normal(ops.shape(loc), seed=seed)
+        return loc + ops.exp(self._log_scale()) * noise
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+_BY_NAME = {"bernoulli": Bernoulli, "gaussian": Gaussian}
+
+
+def get(identifier):
+    """A `Likelihood` from an instance, a name or a serialized config.
+
+    Args:
+        identifier: a `Likelihood`; `"bernoulli"` or `"gaussian"` (scale 1);
+            or a dict from `serialize`.
+    """
+    if isinstance(identifier, Likelihood):
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    if isinstance(identifier, dict):
+        obj = keras.saving.deserialize_keras_object(identifier)
+        if isinstance(obj, Likelihood):
+            return obj
+    raise ValueError(
+        f"likelihood must be a keras_vae.likelihoods.Likelihood or one of "
+        f"{sorted(_BY_NAME)}, got {identifier!r}"
+    )
+
+
+def serialize(likelihood):
+    return keras.saving.serialize_keras_object(likelihood)

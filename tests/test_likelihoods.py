@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+import keras
+
+from keras_vae import likelihoods
+
+tfd = tfp.distributions
+RNG = np.random.default_rng(0)
+
+
+def test_bernoulli_log_prob_matches_tfp_summed_over_event():
+    x = (RNG.uniform(size=(4, 3, 5)) < 0.5).astype("float32")
+    logits = RNG.normal(scale=3.0, size=(2, 4, 3, 5)).astype("float32")
+    got = likelihoods.Bernoulli().log_prob(x, logits)
+    expected = tfd.Independent(tfd.Bernoulli(logits=logits), 2).log_prob(x)
+    assert got.shape == (2, 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_bernoulli_log_prob_is_stable_for_large_logits():
+    x = np.array([[1.0, 0.0]], "float32")
+    logits = np.array([[200.0, -200.0]], "float32")
+    np.testing.assert_allclose(
+        likelihoods.Bernoulli().log_prob(x, logits), [0.0], atol=1e-6
+    )
+
+
+def test_bernoulli_mean_and_sample():
+    logits = np.full((20000,), 0.8, "float32")[None]
+    bern = likelihoods.Bernoulli()
+    p = 1.0 / (1.0 + np.exp(-0.8))
+    np.testing.assert_allclose(bern.mean(logits), np.full_like(logits, p), rtol=1e-6)
+    draws = bern.sample(logits, seed=1).numpy()
+    assert set(np.unique(draws)) <= {0.0, 1.0}
+    assert abs(draws.mean() - p) < 0.02
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.3])
+def test_gaussian_fixed_scale_matches_tfp(scale):
+    x = RNG.normal(size=(4, 6)).astype("float32")
+    loc = RNG.normal(size=(3, 4, 6)).astype("float32")
+    got = likelihoods.Gaussian(scale).log_prob(x, loc)
+    expected = tfd.Independent(tfd.Normal(loc, scale), 1).log_prob(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert not likelihoods.Gaussian(scale).weights
+
+
+def test_gaussian_learned_scale_has_one_weight_per_output_dimension():
+    gauss = likelihoods.Gaussian("learned")
+    gauss.build((None, 2, 3))
+    assert gauss.log_scale.shape == (2, 3) and gauss.trainable_weights
+    log_scale = RNG.normal(scale=0.5, size=(2, 3)).astype("float32")
+    gauss.log_scale.assign(log_scale)
+    x = RNG.normal(size=(4, 2, 3)).astype("float32")
+    loc = RNG.normal(size=(4, 2, 3)).astype("float32")
+    expected = tfd.Independent(tfd.Normal(loc, np.exp(log_scale)), 2).log_prob(x)
+    np.testing.assert_allclose(gauss.log_prob(x, loc), expected, rtol=1e-5)
+    # The gradient reaches the scale.
+    with tf.GradientTape() as tape:
+        value = tf.reduce_sum(gauss.log_prob(x, loc))
+    assert np.abs(tape.gradient(value, gauss.log_scale)).max() > 0
+
+
+def test_gaussian_sample_moments():
+    loc = np.full((1, 50000), 2.0, "float32")
+    draws = likelihoods.Gaussian(0.5).sample(loc, seed=3).numpy()
+    assert abs(draws.mean() - 2.0) < 0.01 and abs(draws.std() - 0.5) < 0.01
+    np.testing.assert_array_equal(likelihoods.Gaussian(0.5).mean(loc), loc)
+
+
+def test_half_precision_decoder_output_is_computed_in_float32():
+    x = np.ones((2, 3), "float32")
+    logits = tf.constant(np.full((2, 3), 20.0), tf.float16)
+    value = likelihoods.Bernoulli().log_prob(x, logits)
+    assert value.dtype == tf.float32 and np.isfinite(value.numpy()).all()
+
+
+def test_get_accepts_names_instances_and_configs():
+    assert isinstance(likelihoods.get("bernoulli"), likelihoods.Bernoulli)
+    gauss = likelihoods.get("Gaussian")
+    assert isinstance(gauss, likelihoods.Gaussian) and gauss.scale == 1.0
+    instance = likelihoods.Gaussian(0.2)
+    assert likelihoods.get(instance) is instance
+    clone = likelihoods.get(likelihoods.serialize(likelihoods.Gaussian("learned")))
+    assert isinstance(clone, likelihoods.Gaussian) and clone.learned
+
+
+@pytest.mark.parametrize("identifier", ["poisson", 3, None, {"a": 1}])
+def test_get_rejects_unknown(identifier):
+    with pytest.raises((ValueError, TypeError), match="likelihood|Could not"):
+        likelihoods.get(identifier)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, "fixed", float("nan")])
+def test_gaussian_rejects_bad_scale(scale):
+    with pytest.raises(ValueError, match="scale"):
+        likelihoods.Gaussian(scale)
+
+
+def test_nan_propagates():
+    x = np.array([[np.nan, 1.0]], "float32")
+    out = np.zeros((1, 2), "float32")
+    assert np.isnan(likelihoods.Bernoulli().log_prob(x, out).numpy()).all()
+    assert np.isnan(likelihoods.Gaussian().log_prob(x, out).numpy()).all()
