@@ -17,6 +17,7 @@ import importlib.machinery
 import os
 import warnings
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
@@ -108,6 +109,57 @@ def _compute_dtype(dtype):
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 
+def _num_samples_tensor(num_samples):
+    """num_samples as the int32 tensor the op takes, without silent wrap."""
+    num_samples = tf.convert_to_tensor(num_samples, dtype_hint=tf.int32)
+    if not num_samples.dtype.is_integer:
+        raise ValueError(
+            f"num_samples must be an integer, got {num_samples.dtype.name}"
+        )
+    static = tf.get_static_value(num_samples)
+    if static is not None and np.any(static > tf.int32.max):
+        raise ValueError(f"num_samples must fit in int32, got {static}")
+    return tf.cast(num_samples, tf.int32)
+
+
+def _run_time_checks(mean, log_var, num_samples):
+    """Asserts what unknown static shapes left undecided (graph mode)."""
+    checks = []
+    if mean.shape.rank is None:
+        checks.append(
+            tf.debugging.assert_rank_at_least(
+                mean, 1, message="mean must have rank >= 1 ([..., D])"
+            )
+        )
+    if not (mean.shape.is_fully_defined() and log_var.shape.is_fully_defined()):
+        mean_shape, log_var_shape = tf.shape(mean), tf.shape(log_var)
+        same_shape = tf.cond(
+            tf.equal(tf.size(mean_shape), tf.size(log_var_shape)),
+            lambda: tf.reduce_all(tf.equal(mean_shape, log_var_shape)),
+            lambda: tf.constant(False),
+        )
+        checks.append(
+            tf.debugging.Assert(
+                same_shape,
+                ["mean and log_var must have the same shape, got mean",
+                 mean_shape, "and log_var", log_var_shape],
+            )
+        )
+    if tf.get_static_value(num_samples) is None:
+        if num_samples.shape.rank is None:
+            checks.append(
+                tf.debugging.assert_rank(
+                    num_samples, 0, message="num_samples must be a scalar"
+                )
+            )
+        checks.append(
+            tf.debugging.assert_positive(
+                num_samples, message="num_samples must be >= 1"
+            )
+        )
+    return checks
+
+
 def _check_args(mean, log_var, num_samples, seed, implementation):
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -133,8 +185,13 @@ def _check_args(mean, log_var, num_samples, seed, implementation):
             "mean and log_var must have the same shape, got mean "
             f"{mean.shape} and log_var {log_var.shape}"
         )
-    if isinstance(num_samples, int) and num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples.shape.rank is not None and num_samples.shape.rank != 0:
+        raise ValueError(
+            f"num_samples must be a scalar, got shape {num_samples.shape}"
+        )
+    static_num_samples = tf.get_static_value(num_samples)
+    if static_num_samples is not None and static_num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {static_num_samples}")
     if seed.dtype not in (tf.int32, tf.int64):
         raise ValueError(f"seed must be int32 or int64, got {seed.dtype.name}")
     if seed.shape.rank is not None and seed.shape != (2,):
@@ -181,15 +238,19 @@ def reparameterize_kl(
         if seed is None:
             seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
         seed = tf.convert_to_tensor(seed)
-        if seed.dtype not in (tf.int32, tf.int64):
-            raise ValueError(
-                f"seed must be int32 or int64, got {seed.dtype.name}"
-            )
+        num_samples = _num_samples_tensor(num_samples)
         _check_args(mean, log_var, num_samples, seed, implementation)
-        num_samples = tf.convert_to_tensor(num_samples, dtype=tf.int32)
 
+        in_xla = in_xla_context()
+        if implementation == "fused" and in_xla:
+            # Otherwise XLA fails later with "unsupported operations".
+            raise ValueError(
+                'implementation="fused" cannot run in an XLA-compiled '
+                "function (jit_compile=True): the compiled op has no XLA "
+                'kernel. Use implementation="auto" or "reference" there.'
+            )
         use_fused = implementation == "fused" or (
-            implementation == "auto" and not in_xla_context()
+            implementation == "auto" and not in_xla
         )
         if use_fused and not fused_available():
             if implementation == "fused":
@@ -220,9 +281,13 @@ def reparameterize_kl_reference(
     """The op's semantics in plain TensorFlow (XLA-compatible, the oracle)."""
     dtype = mean.dtype
     compute = _compute_dtype(dtype)
-    mu = tf.cast(mean, compute)
-    lv = tf.cast(log_var, compute)
-    shape = tf.concat([[num_samples], tf.shape(mu)], axis=0)
+    num_samples = _num_samples_tensor(num_samples)
+    with tf.control_dependencies(
+        _run_time_checks(mean, log_var, num_samples)
+    ):
+        mu = tf.cast(mean, compute)
+        lv = tf.cast(log_var, compute)
+        shape = tf.concat([[num_samples], tf.shape(mu)], axis=0)
     eps = tf.random.stateless_normal(shape, seed=seed, dtype=compute)
     std = tf.exp(0.5 * lv)
     z = mu + std * eps
