@@ -296,6 +296,18 @@ int run_type(const char* type_name) {
       }
     }
   }
+  // Sizes past the kernels' working chunks (about a thousand elements): rows
+  // that straddle a chunk, and a row longer than a chunk.
+  const int64_t large[][3] = {{2, 67, 33}, {1, 3, 1500}, {3, 2, 1025}};
+  for (const auto& kn_d : large) {
+    for (bool stop : {false, true}) {
+      for (const auto& pf : {pfors[0], pfors[3]}) {
+        check_case<T>(type_name, kn_d[0], kn_d[1], kn_d[2], stop, true,
+                      pf.first, pf.second);
+        ++cases;
+      }
+    }
+  }
   return cases;
 }
 
