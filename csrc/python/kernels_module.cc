@@ -12,6 +12,9 @@
 
 #include "cpu/reparam_kl_cpu.h"
 #include "reparam_kl.h"
+#if KERAS_VAE_WITH_CUDA
+#include "python/cuda_entry.h"
+#endif
 
 namespace py = pybind11;
 
@@ -142,4 +145,7 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
         py::arg("seed1"), py::arg("grad_z"), py::arg("grad_kl"),
         py::arg("grad_log_ratio"), py::arg("stop_params") = false);
+#if KERAS_VAE_WITH_CUDA
+  register_cuda_entry(m);
+#endif
 }
