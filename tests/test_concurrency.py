@@ -1,0 +1,142 @@
+"""Several Python threads using the op and a model at once get the results
+that each would get alone.
+
+Every thread works on its own inputs and seeds, so a kernel that kept state
+between calls (a shared scratch buffer, a cached stream) or a wrapper that
+raced on its one-time set-up would hand one thread another's numbers.
+"""
+
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vae import ops
+
+NUM_THREADS = 6
+ROUNDS = 8
+
+
+def run_in_threads(work, num_threads=NUM_THREADS):
+    """Runs work(thread_index) on threads started together; returns results.
+
+    Exceptions in a thread are re-raised here, so a failure is never lost.
+    """
+    start = threading.Barrier(num_threads)
+    results, errors = [None] * num_threads, []
+
+    def target(i):
+        try:
+            start.wait()
+            results[i] = work(i)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(num_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _thread_inputs(i, dtype=np.float32):
+    """Distinct inputs per thread, with odd sizes: [3 + i, 17 + 2i]."""
+    rng = np.random.default_rng(i)
+    shape = (3 + i, 17 + 2 * i)
+    mean = rng.uniform(-2, 2, shape).astype(dtype)
+    log_var = rng.uniform(-2, 2, shape).astype(dtype)
+    return mean, log_var, 1 + i % 3, [i, 1000 + i]
+
+
+def _op_with_gradients(mean, log_var, num_samples, seed, implementation):
+    mean, log_var = tf.constant(mean), tf.constant(log_var)
+    with tf.GradientTape() as tape:
+        tape.watch([mean, log_var])
+        z, kl, log_ratio = ops.reparameterize_kl(
+            mean, log_var, num_samples, seed, implementation=implementation
+        )
+        loss = tf.reduce_sum(z**2) + tf.reduce_sum(kl) + tf.reduce_sum(log_ratio)
+    grads = tape.gradient(loss, [mean, log_var])
+    return [t.numpy() for t in (z, kl, log_ratio, *grads)]
+
+
+@pytest.mark.parametrize(
+    "implementation",
+    [
+        pytest.param(
+            "fused",
+            marks=pytest.mark.skipif(
+                not ops.fused_available(), reason="fused op not loaded"
+            ),
+        ),
+        "reference",
+    ],
+)
+def test_op_from_threads_matches_single_threaded(implementation):
+    expected = [
+        _op_with_gradients(*_thread_inputs(i), implementation)
+        for i in range(NUM_THREADS)
+    ]
+
+    def work(i):
+        return [
+            _op_with_gradients(*_thread_inputs(i), implementation)
+            for _ in range(ROUNDS)
+        ]
+
+    for i, rounds in enumerate(run_in_threads(work)):
+        for got in rounds:
+            for g, e in zip(got, expected[i]):
+                np.testing.assert_array_equal(g, e)
+
+
+def test_op_in_one_tf_function_from_threads():
+    """One traced function, called concurrently with different arguments."""
+    draw = tf.function(
+        lambda mean, log_var, seed: ops.reparameterize_kl(
+            mean, log_var, 2, seed
+        ),
+        reduce_retracing=True,
+    )
+    inputs = [_thread_inputs(i) for i in range(NUM_THREADS)]
+    expected = [
+        [t.numpy() for t in draw(m, lv, tf.constant(s))]
+        for m, lv, _, s in inputs
+    ]
+
+    def work(i):
+        m, lv, _, s = inputs[i]
+        return [[t.numpy() for t in draw(m, lv, tf.constant(s))] for _ in range(ROUNDS)]
+
+    for i, rounds in enumerate(run_in_threads(work)):
+        for got in rounds:
+            for g, e in zip(got, expected[i]):
+                np.testing.assert_array_equal(g, e)
+
+
+def test_numpy_entry_from_threads():
+    """The framework-free entry releases the GIL and spawns its own workers:
+    concurrent calls must not share buffers."""
+    from keras_vae import _kernels
+
+    inputs = [_thread_inputs(i) for i in range(NUM_THREADS)]
+
+    def call(i):
+        mean, log_var, k, (s0, s1) = inputs[i]
+        z, kl, lr = _kernels.cpu_forward(mean, log_var, k, s0, s1)
+        grads = _kernels.cpu_backward(
+            mean, log_var, k, s0, s1, np.ones_like(z), np.ones_like(kl),
+            np.ones_like(lr),
+        )
+        return [z, kl, lr, *grads]
+
+    expected = [call(i) for i in range(NUM_THREADS)]
+    results = run_in_threads(lambda i: [call(i) for _ in range(ROUNDS)])
+    for i, rounds in enumerate(results):
+        for got in rounds:
+            for g, e in zip(got, expected[i]):
+                np.testing.assert_array_equal(g, e)
