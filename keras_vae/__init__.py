@@ -2,5 +2,6 @@
 
 from keras_vae import ops
 from keras_vae import layers, likelihoods, bounds
+from keras_vae.model import VAE
 
 __version__ = "0.1.0"
