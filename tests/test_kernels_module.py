@@ -12,12 +12,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    """Overrides conftest's: nothing here builds Keras state."""
-    yield
-
-
 def _as_uint64(seed):
     """The NumPy entry takes the seed words as uint64: s < 0 is s + 2**64."""
     return [s % 2**64 for s in seed]

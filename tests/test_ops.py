@@ -64,13 +64,6 @@ def _assert_outputs_close(actual, expected, **tol):
         )
 
 
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    """Overrides conftest's: these tests build no Keras state to clear, and
-    clearing it (a full garbage collection) would dominate their run time."""
-    yield
-
-
 # ---------------------------------------------------------------------------
 # The noise: eps equals tf.random.stateless_normal([K, ..., D], seed).
 
