@@ -7,10 +7,13 @@
 #ifndef KERAS_VAE_CSRC_CPU_REPARAM_KL_CPU_H_
 #define KERAS_VAE_CSRC_CPU_REPARAM_KL_CPU_H_
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
 
+#include "cpu/normals.h"
 #include "reparam_kl.h"
 
 namespace keras_vae {
@@ -41,51 +44,160 @@ struct ComputeType<double> {
 constexpr int64_t kForwardCyclesPerElement = 60;
 constexpr int64_t kBackwardCyclesPerElement = 75;
 
+// Elements per chunk of noise: the working set of a chunk (noise, mean,
+// log_var, scale) stays in the L1 cache.
+constexpr int64_t kChunkElements = 1024;
+
+// The Philox blocks first_block, first_block + 1, ... as normals of type C:
+// float goes to the vector generator, double stays scalar.
+inline void normal_blocks(const PhiloxStream& stream, uint64_t first_block,
+                          int64_t num_blocks, float* out) {
+  normal_blocks_f32(stream, first_block, num_blocks, out);
+}
+inline void normal_blocks(const PhiloxStream& stream, uint64_t first_block,
+                          int64_t num_blocks, double* out) {
+  for (int64_t b = 0; b < num_blocks; ++b) {
+    NormalsPerBlock<double>::fill(stream.block(first_block + b),
+                                  out + NormalsPerBlock<double>::kCount * b);
+  }
+}
+
+// The normals at flat indices [first, first + count) of the stream, with
+// count <= the capacity given at construction. The range may start and end
+// inside a Philox block.
+template <typename C>
+class NoiseChunk {
+ public:
+  explicit NoiseChunk(int64_t capacity) : buffer_(capacity + 2 * kCount) {}
+
+  const C* fill(const PhiloxStream& stream, uint64_t first, int64_t count) {
+    const int lane = static_cast<int>(first % kCount);
+    normal_blocks(stream, first / kCount, (lane + count + kCount - 1) / kCount,
+                  buffer_.data());
+    return buffer_.data() + lane;
+  }
+
+ private:
+  static constexpr int kCount = NormalsPerBlock<C>::kCount;
+  std::vector<C> buffer_;
+};
+
+// Calls fn(row, d, i, len) for each piece of the flat range
+// [first, first + count) of a row-major [rows, D] array that lies in one row:
+// element i of the range is (row, d), and the piece is len elements long.
+template <typename Fn>
+inline void for_each_row_piece(int64_t first, int64_t count, int64_t D,
+                               Fn&& fn) {
+  int64_t row = first / D;
+  int64_t d = first - row * D;
+  for (int64_t i = 0; i < count; ++row, d = 0) {
+    const int64_t len = std::min(D - d, count - i);
+    fn(row, d, i, len);
+    i += len;
+  }
+}
+
+// z = mu + sd * eps over one piece of a row; returns its log-ratio sum.
+template <typename C, typename T>
+inline C sample_piece(const C* mu, const C* lv, const C* sd, const C* eps,
+                      int64_t len, T* z) {
+  C lr_sum = 0;
+#pragma omp simd reduction(+ : lr_sum)
+  for (int64_t i = 0; i < len; ++i) {
+    const C zz = mu[i] + sd[i] * eps[i];
+    z[i] = static_cast<T>(zz);
+    lr_sum += log_ratio_term(zz, eps[i], lv[i]);
+  }
+  return lr_sum;
+}
+
+// One sample's gradient over one piece of a row, added to d_mu, d_lv.
+template <bool kStopParams, typename C, typename T>
+inline void sample_grad_piece(const T* g_z, C g_lr, const C* mu, const C* sd,
+                              const C* eps, int64_t len, C* d_mu, C* d_lv) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    const C zz = mu[i] + sd[i] * eps[i];
+    sample_grad(static_cast<C>(g_z[i]), g_lr, zz, eps[i], sd[i], kStopParams,
+                &d_mu[i], &d_lv[i]);
+  }
+}
+
 // z[k, n, :], log_ratio[k, n] for all k, and kl[n], in one pass.
 //
-// The work unit is a row (n, k) in n-major order, so a shard loads mean and
-// log_var of row n and takes exp(0.5 * lv) once, then draws all its samples.
+// The work unit is (tile, k) in tile-major order, a tile being the rows
+// n0 .. n0 + rows_per_tile - 1: a shard loads mean and log_var of a tile and
+// takes exp(0.5 * lv) once, then draws all its samples. For one k the noise
+// of a tile is one contiguous range of the stream, drawn in chunks of whole
+// vectors whatever D is.
 template <typename T>
 void reparam_kl_forward(const ReparamShape& shape, const T* mean,
                         const T* log_var, const PhiloxStream& stream, T* z,
                         T* kl, T* log_ratio, const ParallelFor& parallel_for) {
   using C = typename ComputeType<T>::type;
   const int64_t K = shape.num_samples, N = shape.rows, D = shape.dim;
+  if (D == 0) {  // empty sums
+    for (int64_t n = 0; n < N; ++n) kl[n] = static_cast<T>(0);
+    for (int64_t r = 0; r < K * N; ++r) log_ratio[r] = static_cast<T>(0);
+    return;
+  }
+  const int64_t rows_per_tile = std::max<int64_t>(1, kChunkElements / D);
+  const int64_t num_tiles = (N + rows_per_tile - 1) / rows_per_tile;
   auto shard = [&](int64_t begin, int64_t end) {
-    std::vector<C> mu(D), lv(D), sd(D);
+    const int64_t tile_capacity = rows_per_tile * D;
+    std::vector<C> mu(tile_capacity), lv(tile_capacity), sd(tile_capacity);
+    const int64_t chunk = std::min(tile_capacity, kChunkElements);
+    NoiseChunk<C> noise(chunk);
     int64_t loaded = -1;
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / K;
-      const int64_t k = r - n * K;
-      if (n != loaded) {
-        C kl_sum = 0;
-        for (int64_t d = 0; d < D; ++d) {
-          mu[d] = static_cast<C>(mean[n * D + d]);
-          lv[d] = static_cast<C>(log_var[n * D + d]);
-          sd[d] = std::exp(C(0.5) * lv[d]);
-          kl_sum += kl_term(mu[d], lv[d], sd[d]);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t tile = u / K;
+      const int64_t k = u - tile * K;
+      const int64_t n0 = tile * rows_per_tile;
+      const int64_t tile_size = std::min(rows_per_tile, N - n0) * D;
+      if (tile != loaded) {
+        for (int64_t r = 0; r * D < tile_size; ++r) {
+          C kl_sum = 0;
+          for (int64_t d = r * D; d < (r + 1) * D; ++d) {
+            mu[d] = static_cast<C>(mean[n0 * D + d]);
+            lv[d] = static_cast<C>(log_var[n0 * D + d]);
+            sd[d] = std::exp(C(0.5) * lv[d]);
+            kl_sum += kl_term(mu[d], lv[d], sd[d]);
+          }
+          // The shard that holds (tile, 0) writes kl; it loads there.
+          if (k == 0) kl[n0 + r] = static_cast<T>(kl_sum);
         }
-        if (k == 0) kl[n] = static_cast<T>(kl_sum);
-        loaded = n;
+        loaded = tile;
       }
-      const int64_t row = k * N + n;
-      NormalCursor<C> eps_at(&stream, static_cast<uint64_t>(row * D));
-      T* z_row = z + row * D;
+      const int64_t base = (k * N + n0) * D;  // flat z index of the tile
       C lr_sum = 0;
-      for (int64_t d = 0; d < D; ++d) {
-        const C eps = eps_at.next();
-        const C zz = mu[d] + sd[d] * eps;
-        z_row[d] = static_cast<T>(zz);
-        lr_sum += log_ratio_term(zz, eps, lv[d]);
+      for (int64_t pos = 0; pos < tile_size; pos += chunk) {
+        const int64_t count = std::min(chunk, tile_size - pos);
+        const C* eps = noise.fill(stream, static_cast<uint64_t>(base + pos),
+                                  count);
+        for_each_row_piece(
+            base + pos, count, D,
+            [&](int64_t row, int64_t d, int64_t i, int64_t len) {
+              if (d == 0) lr_sum = 0;
+              lr_sum += sample_piece(mu.data() + pos + i, lv.data() + pos + i,
+                                     sd.data() + pos + i, eps + i, len,
+                                     z + base + pos + i);
+              if (d + len == D) log_ratio[row] = static_cast<T>(lr_sum);
+            });
       }
-      log_ratio[row] = static_cast<T>(lr_sum);
     }
   };
-  parallel_for(N * K, D * kForwardCyclesPerElement, shard);
+  parallel_for(num_tiles * K, rows_per_tile * D * kForwardCyclesPerElement,
+               shard);
 }
 
 // d mean, d log_var from the upstream gradients of (z, kl, log_ratio).
 // The noise is regenerated from the stream, never read from memory.
+//
+// The work unit is a run of kGradUnit elements of the flat [N, D] parameter
+// array, whatever the row boundaries: for one k, the noise of such a run is
+// one contiguous range of the stream, and the run's gradients sum over k in
+// registers and L1. Splitting the parameters rather than the rows keeps the
+// pool busy when N is small.
 template <typename T>
 void reparam_kl_backward(const ReparamShape& shape, const T* mean,
                          const T* log_var, const PhiloxStream& stream,
@@ -94,35 +206,53 @@ void reparam_kl_backward(const ReparamShape& shape, const T* mean,
                          T* grad_mean, T* grad_log_var,
                          const ParallelFor& parallel_for) {
   using C = typename ComputeType<T>::type;
+  constexpr int64_t kGradUnit = 64;
   const int64_t K = shape.num_samples, N = shape.rows, D = shape.dim;
+  const int64_t P = N * D;
   auto shard = [&](int64_t begin, int64_t end) {
-    std::vector<C> mu(D), sd(D), d_mu(D), d_lv(D);
-    for (int64_t n = begin; n < end; ++n) {
-      const C g_kl = static_cast<C>(grad_kl[n]);
-      for (int64_t d = 0; d < D; ++d) {
-        mu[d] = static_cast<C>(mean[n * D + d]);
-        sd[d] = std::exp(C(0.5) * static_cast<C>(log_var[n * D + d]));
-        kl_grad(g_kl, mu[d], sd[d], &d_mu[d], &d_lv[d]);
-      }
+    const int64_t p_begin = begin * kGradUnit;
+    const int64_t p_end = std::min(P, end * kGradUnit);
+    const int64_t chunk = std::min(p_end - p_begin, kChunkElements);
+    std::vector<C> mu(chunk), sd(chunk), d_mu(chunk), d_lv(chunk);
+    NoiseChunk<C> noise(chunk);
+    for (int64_t p0 = p_begin; p0 < p_end; p0 += chunk) {
+      const int64_t count = std::min(chunk, p_end - p0);
+      for_each_row_piece(
+          p0, count, D, [&](int64_t n, int64_t, int64_t i, int64_t len) {
+            const C g_kl = static_cast<C>(grad_kl[n]);
+            for (int64_t j = i; j < i + len; ++j) {
+              mu[j] = static_cast<C>(mean[p0 + j]);
+              sd[j] = std::exp(C(0.5) * static_cast<C>(log_var[p0 + j]));
+              kl_grad(g_kl, mu[j], sd[j], &d_mu[j], &d_lv[j]);
+            }
+          });
       for (int64_t k = 0; k < K; ++k) {
-        const int64_t row = k * N + n;
-        const C g_lr = static_cast<C>(grad_log_ratio[row]);
-        const T* g_z_row = grad_z + row * D;
-        NormalCursor<C> eps_at(&stream, static_cast<uint64_t>(row * D));
-        for (int64_t d = 0; d < D; ++d) {
-          const C eps = eps_at.next();
-          const C zz = mu[d] + sd[d] * eps;
-          sample_grad(static_cast<C>(g_z_row[d]), g_lr, zz, eps, sd[d],
-                      stop_params, &d_mu[d], &d_lv[d]);
-        }
+        const C* eps =
+            noise.fill(stream, static_cast<uint64_t>(k * P + p0), count);
+        const T* g_z = grad_z + k * P + p0;
+        const T* g_lr = grad_log_ratio + k * N;
+        for_each_row_piece(
+            p0, count, D, [&](int64_t n, int64_t, int64_t i, int64_t len) {
+              const C g = static_cast<C>(g_lr[n]);
+              if (stop_params) {
+                sample_grad_piece<true>(g_z + i, g, mu.data() + i,
+                                        sd.data() + i, eps + i, len,
+                                        d_mu.data() + i, d_lv.data() + i);
+              } else {
+                sample_grad_piece<false>(g_z + i, g, mu.data() + i,
+                                         sd.data() + i, eps + i, len,
+                                         d_mu.data() + i, d_lv.data() + i);
+              }
+            });
       }
-      for (int64_t d = 0; d < D; ++d) {
-        grad_mean[n * D + d] = static_cast<T>(d_mu[d]);
-        grad_log_var[n * D + d] = static_cast<T>(d_lv[d]);
+      for (int64_t j = 0; j < count; ++j) {
+        grad_mean[p0 + j] = static_cast<T>(d_mu[j]);
+        grad_log_var[p0 + j] = static_cast<T>(d_lv[j]);
       }
     }
   };
-  parallel_for(N, K * D * kBackwardCyclesPerElement, shard);
+  parallel_for((P + kGradUnit - 1) / kGradUnit,
+               kGradUnit * K * kBackwardCyclesPerElement, shard);
 }
 
 }  // namespace cpu

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu/normals.h"
 #include "cpu/reparam_kl_cpu.h"
 #include "reparam_kl.h"
 #if KERAS_VAE_WITH_CUDA
@@ -145,6 +146,30 @@ PYBIND11_MODULE(_kernels, m) {
         py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
         py::arg("seed1"), py::arg("grad_z"), py::arg("grad_kl"),
         py::arg("grad_log_ratio"), py::arg("stop_params") = false);
+  m.def("cpu_isa", [] { return cpu::cpu_isa_name(cpu::active_cpu_isa()); },
+        "The instruction set the CPU kernels draw float noise with: "
+        "'scalar', 'avx2' or 'avx512'.");
+  m.def("supported_cpu_isas", [] {
+    py::list names;
+    for (auto isa : {cpu::CpuIsa::kScalar, cpu::CpuIsa::kAvx2,
+                     cpu::CpuIsa::kAvx512}) {
+      if (cpu::cpu_isa_supported(isa)) names.append(cpu::cpu_isa_name(isa));
+    }
+    return names;
+  }, "The instruction sets this build and this CPU can run, narrowest first.");
+  m.def("set_cpu_isa", [](const std::string& isa) {
+    cpu::CpuIsa parsed;
+    if (!cpu::parse_cpu_isa(isa.c_str(), &parsed)) {
+      throw py::value_error(
+          "isa must be 'scalar', 'avx2' or 'avx512', got '" + isa + "'");
+    }
+    if (!cpu::set_cpu_isa(parsed)) {
+      throw py::value_error("isa '" + isa +
+                            "' is not supported by this CPU or build");
+    }
+  }, py::arg("isa"),
+        "Forces the CPU kernels of this module onto one instruction set (for "
+        "tests and measurements; the TensorFlow op reads KERAS_VAE_CPU_ISA).");
 #if KERAS_VAE_WITH_CUDA
   register_cuda_entry(m);
 #endif
