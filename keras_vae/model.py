@@ -175,8 +175,15 @@ class VAE(SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
-        # A learned likelihood scale must exist before weights are loaded.
-        self._build_likelihood()
+        # Build now when the encoder's input shape is known, so that the
+        # state (a learned likelihood scale) exists before weights load and
+        # the model can be saved or exported before it has seen data.
+        try:
+            input_shape = encoder.input_shape
+        except (AttributeError, ValueError):
+            input_shape = None
+        if input_shape is not None:
+            self.build(input_shape)
 
     # Structure.
 
@@ -323,7 +330,7 @@ class VAE(SavesSeedState, keras.Model):
             (self.kl_tracker, report["kl"]),
         ):
             tracker.update_state(values, sample_weight=sample_weight)
-        return {m.name: m.result() for m in self.metrics}
+        return _replica_logs({m.name: m.result() for m in self.metrics})
 
     def _scaled(self, loss):
         # Keras's convention under tf.distribute: each replica's loss is
@@ -508,6 +515,37 @@ class VAE(SavesSeedState, keras.Model):
 
     # Serialization.
 
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """Exports `call` (x to its reconstruction) for inference.
+
+        As `keras.Model.export`; the input signature defaults to the
+        encoder's input, so a model that has not been called yet exports
+        too. Import `keras_vae` before loading a SavedModel whose graph
+        holds the fused op (e.g. an encoder with a `Sampling` layer).
+        """
+        if input_signature is None:
+            try:
+                shape = self.encoder.input_shape
+                dtype = self.encoder.inputs[0].dtype
+            except (AttributeError, ValueError, IndexError):
+                shape = None
+            if isinstance(shape, tuple):
+                input_signature = [tf.TensorSpec(shape, dtype)]
+        return super().export(
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
+
     def get_config(self):
         beta = self.beta
         if isinstance(beta, _Schedule):
@@ -539,6 +577,23 @@ class VAE(SavesSeedState, keras.Model):
                 config["beta"]
             )
         return cls(**config)
+
+
+def _replica_logs(logs):
+    """The step's logs in the shape Keras can reduce across replicas.
+
+    Under a MultiWorkerMirroredStrategy with several workers, Keras reduces
+    every log with `strategy.reduce("MEAN", value, axis=0)`, which fails on
+    scalars (tensorflow/tensorflow#72388). A `[1]` tensor reduces to the
+    same mean over the replicas, as a scalar.
+    """
+    strategy = tf.distribute.get_strategy()
+    if (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
+        return {name: ops.reshape(value, [1]) for name, value in logs.items()}
+    return logs
 
 
 def _weighted_mean(values, sample_weight):
