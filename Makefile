@@ -42,8 +42,9 @@ sanitize: $(STAMP_DEPS)
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR) -j 2
 	$(VENV)/bin/ctest --test-dir $(SANITIZE_DIR) --output-on-failure
 
+# `make bench BENCH_ARGS=--quick` for the two-minute run.
 bench: build
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf build _skbuild keras_vae/*.so runs

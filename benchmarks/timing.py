@@ -1,0 +1,72 @@
+"""Interleaved timing: every candidate once per repetition, medians over many.
+
+The machine the benchmarks run on is shared and noisy. Timing candidates one
+after the other lets a burst of outside load land on one of them only; running
+each candidate once per repetition, in a rotating order, spreads it over all.
+"""
+
+import statistics
+import time
+
+
+def calls_per_sample(fn, min_sample_s, max_calls=10_000):
+    """How many back-to-back calls of `fn` take at least `min_sample_s`.
+
+    Tiny inputs run in microseconds, below the resolution that one call of
+    `time.perf_counter` around Python dispatch can resolve honestly, so a
+    sample times a batch of calls.
+    """
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_sample_s or calls >= max_calls:
+            return calls
+        # Aim a little past the target so one more doubling is rarely needed.
+        grow = 1.5 * min_sample_s / max(elapsed, 1e-9)
+        calls = min(max_calls, max(2 * calls, int(calls * grow)))
+
+
+def interleaved_medians(candidates, repeats, min_sample_s, warmup=2):
+    """Median seconds per call of each candidate, timed interleaved.
+
+    Args:
+        candidates: dict name -> zero-argument callable. A callable must
+            return only once its work is done (TensorFlow on CPU does).
+        repeats: samples per candidate; in each repetition every candidate
+            runs one sample, the order rotated by one each time.
+        min_sample_s: the shortest a sample may take; sets the calls per
+            sample, calibrated once per candidate after the warm-up.
+        warmup: calls per candidate before timing starts (tracing, XLA
+            compiling), at least 2; the last one starts the calibration.
+
+    Returns:
+        dict name -> {"median_s", "min_s", "samples_s", "calls_per_sample"},
+        times per single call.
+    """
+    names = list(candidates)
+    calls = {}
+    for name in names:
+        for _ in range(warmup - 1):
+            candidates[name]()
+        calls[name] = calls_per_sample(candidates[name], min_sample_s)
+    samples = {name: [] for name in names}
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, n = candidates[name], calls[name]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - start) / n)
+    return {
+        name: {
+            "median_s": statistics.median(samples[name]),
+            "min_s": min(samples[name]),
+            "samples_s": samples[name],
+            "calls_per_sample": calls[name],
+        }
+        for name in names
+    }

@@ -1,0 +1,199 @@
+"""The benchmark harness: its bookkeeping, and that it compares like with like.
+
+No timing assertions: a fake clock drives the timing logic.
+"""
+
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_vae
+from benchmarks import latent, memory, report, timing
+
+
+class FakeClock:
+    """`time.perf_counter` that only moves when a candidate runs."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(timing.time, "perf_counter", fake)
+    return fake
+
+
+def test_calls_per_sample_reaches_the_minimum(clock):
+    def one_ms():
+        clock.now += 1e-3
+
+    calls = timing.calls_per_sample(one_ms, min_sample_s=0.05)
+    assert calls >= 50
+    assert timing.calls_per_sample(one_ms, min_sample_s=0.0) == 1
+    assert timing.calls_per_sample(lambda: None, 1.0, max_calls=64) == 64
+
+
+def test_interleaved_medians_rotates_and_reports_per_call(clock):
+    order = []
+
+    def candidate(name, durations):
+        durations = iter(durations)
+
+        def run():
+            order.append(name)
+            clock.now += next(durations)
+
+        return run
+
+    # Warm-up (one call) and calibration (one call) first, then 3 samples.
+    cands = {
+        "a": candidate("a", [9.0, 1.0, 3.0, 1.0, 2.0]),
+        "b": candidate("b", [9.0, 5.0, 4.0, 6.0, 8.0]),
+        "c": candidate("c", [9.0, 1.0, 7.0, 7.0, 7.0]),
+    }
+    result = timing.interleaved_medians(
+        cands, repeats=3, min_sample_s=0.5, warmup=2
+    )
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]
+    assert order[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert result["a"]["samples_s"] == [3.0, 1.0, 2.0]
+    assert result["a"]["median_s"] == 2.0
+    assert result["b"]["median_s"] == 6.0
+    assert result["c"]["min_s"] == 7.0
+    assert all(r["calls_per_sample"] == 1 for r in result.values())
+
+
+def _inputs(batch=16, dim=5):
+    mean, log_var, seed, _ = latent.make_inputs(batch, dim, 3)
+    return mean, log_var, seed
+
+
+def test_tf_competitor_computes_what_the_op_computes():
+    mean, log_var, seed = _inputs()
+    fused = keras_vae.ops.reparameterize_kl(
+        mean, log_var, 3, seed, implementation="fused"
+    )
+    written_in_tf = latent.tf_reparameterize_kl(mean, log_var, 3, seed)
+    for got, want in zip(written_in_tf, fused):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_tfp_competitor_computes_the_same_quantities():
+    mean, log_var, seed = _inputs()
+    z, kl, log_ratio = latent.tfp_reparameterize_kl(mean, log_var, 3, seed)
+    _, fused_kl, _ = keras_vae.ops.reparameterize_kl(mean, log_var, 3, seed)
+    assert z.shape == (3, 16, 5) and log_ratio.shape == (3, 16)
+    np.testing.assert_allclose(kl, fused_kl, rtol=1e-5)
+    eps = (z - mean) * tf.exp(-0.5 * log_var)
+    want = 0.5 * tf.reduce_sum(tf.square(z) - tf.square(eps) - log_var, -1)
+    np.testing.assert_allclose(log_ratio, want, rtol=1e-4, atol=1e-4)
+
+
+def test_candidates_cover_every_mode_and_run():
+    forward = latent.candidates(8, 4, 2, "forward")
+    assert set(forward) == {
+        "fused/eager",
+        "fused/function",
+        "tf/eager",
+        "tf/function",
+        "tf/xla",
+        "tfp/eager",
+        "tfp/function",
+        "rng/eager",
+        "rng/function",
+        "rng/xla",
+    }
+    z, kl, log_ratio = forward["fused/function"]()
+    assert z.shape == (2, 8, 4)
+    backward = latent.candidates(8, 4, 2, "forward+backward")
+    assert not any(name.startswith("rng/") for name in backward)
+    grad_mean, grad_log_var = backward["tf/xla"]()
+    assert grad_mean.shape == grad_log_var.shape == (8, 4)
+
+
+def test_fused_step_keeps_only_z_for_the_backward_pass():
+    (row,) = memory.run([(256, 128, 8)], log=lambda _: None)
+    kbd = row["kbd_bytes"]
+    fused, unfused = row["candidates"]["fused"], row["candidates"]["tf"]
+    assert 0.9 <= fused["latent_kept_bytes"] / kbd < 2.0
+    assert unfused["latent_kept_bytes"] / kbd > 3.0
+
+
+def _results():
+    timings = {
+        name: {"median_s": 1e-3}
+        for name, _ in report.LATENT_COLUMNS
+    }
+    rows = []
+    for size, ratio in (((128, 32, 1), 0.5), ((4096, 256, 16), 4.0)):
+        for pass_name in latent.PASSES:
+            summary = {
+                "fused": {"mode": "function", "median_s": 1e-3},
+                "tf": {"mode": "xla", "median_s": ratio * 1e-3,
+                       "speedup_of_fused": ratio},
+                "tfp": {"mode": "function", "median_s": 2e-3,
+                        "speedup_of_fused": 2.0},
+                "rng": {"mode": "function", "median_s": 5e-3,
+                        "speedup_of_fused": 5.0},
+                "speedup_vs_tf_function": ratio,
+            }
+            rows.append({"B": size[0], "D": size[1], "K": size[2],
+                         "pass": pass_name, "timings": timings,
+                         "summary": summary})
+    return {
+        "timestamp": "now",
+        "config": {"command": "x", "repeats": 3, "min_sample_s": 0.01},
+        "machine": {
+            "cpu": "cpu", "usable_cores": 2, "logical_cores": 2,
+            "cpu_flags": [], "platform": "p", "python": "3",
+            "versions": {"tensorflow": "2"}, "keras_vae": "0",
+            "build_info": {}, "git_commit": "abc",
+        },
+        "latent": rows,
+        "end_to_end": [
+            {"K": 1, "summary": {"ratio_vs_best_plain": 0.9},
+             "batch_size": 8, "steps": 2,
+             "candidates": {"keras_vae.VAE": {"examples_per_s": 9.0}}},
+            {"K": 50, "summary": {"ratio_vs_best_plain": 1.5},
+             "batch_size": 8, "steps": 2,
+             "candidates": {"keras_vae.VAE": {"examples_per_s": 9.0}}},
+        ],
+    }
+
+
+def test_targets_say_which_are_met():
+    met = {name: ok for name, _, _, ok in report.targets(_results())}
+    assert met["forward+backward 128×32×1 vs fastest TF mode"] is False
+    assert met["forward+backward 4096×256×16 vs fastest TF mode"] is True
+    assert met["forward 4096×256×16 vs stateless_normal alone"] is True
+    assert met["VAE.fit examples/s vs plain Keras, K=1"] is False
+    assert met["VAE.fit examples/s vs plain Keras, K=50"] is True
+
+
+def test_update_document_replaces_only_its_section(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# Benchmarks\n\nIntro.\n\n## GPU (CUDA)\n\nGPU table.\n")
+    report.update_document(path, "first\n")
+    report.update_document(path, report.markdown(_results()))
+    text = path.read_text()
+    assert text.count(report.BEGIN) == 1 and "first" not in text
+    assert "Intro." in text and "## GPU (CUDA)\n\nGPU table." in text
+    assert "| 128×32×1 | 4,096 |" in text and "**0.50×**" in text
+    # The generated block opens no "## " section, which would cut another.
+    block = text[text.index(report.BEGIN):text.index(report.END)]
+    assert "\n## " not in block
+
+
+def test_plot_writes_a_png(tmp_path):
+    path = tmp_path / "speedup.png"
+    report.plot(_results(), path)
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and width > 100
+    assert height > 100
