@@ -12,6 +12,7 @@ from keras_vae import ops as vae_ops
 from keras_vae.layers.sampling import SavesSeedState
 from keras_vae.layers.sampling import check_implementation
 from keras_vae.layers.sampling import check_num_samples
+from keras_vae.layers.sampling import next_seed
 
 OBJECTIVES = ("elbo", "iwae")
 GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
@@ -347,7 +348,7 @@ class VAE(SavesSeedState, keras.Model):
             `(gradients, variables, losses, report)`; see `train_step`.
         """
         if seed is None:
-            seed = self.seed_generator.next()
+            seed = next_seed(self.seed_generator)
         dreg = self.gradient_estimator == "dreg"
         with tf.GradientTape(persistent=dreg) as tape:
             losses, report = self._objective(x, sample_weight, seed)
@@ -380,7 +381,7 @@ class VAE(SavesSeedState, keras.Model):
     def test_step(self, data):
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         losses, report = self._objective(
-            x, sample_weight, self.seed_generator.next()
+            x, sample_weight, next_seed(self.seed_generator)
         )
         return self._update_metrics(losses["loss"], report, sample_weight)
 

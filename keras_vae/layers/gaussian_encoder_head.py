@@ -97,29 +97,16 @@ class GaussianEncoderHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        dense = self.mean_dense
-        config.update(
-            {
-                "latent_dim": self.latent_dim,
-                "log_var_range": list(self.log_var_range),
-                "kernel_initializer": keras.initializers.serialize(
-                    dense.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    dense.bias_initializer
-                ),
-                "kernel_regularizer": keras.regularizers.serialize(
-                    dense.kernel_regularizer
-                ),
-                "bias_regularizer": keras.regularizers.serialize(
-                    dense.bias_regularizer
-                ),
-                "kernel_constraint": keras.constraints.serialize(
-                    dense.kernel_constraint
-                ),
-                "bias_constraint": keras.constraints.serialize(
-                    dense.bias_constraint
-                ),
-            }
-        )
+        config["latent_dim"] = self.latent_dim
+        config["log_var_range"] = list(self.log_var_range)
+        # Both Dense layers share these arguments; read them off one.
+        for name, module in (
+            ("kernel_initializer", keras.initializers),
+            ("bias_initializer", keras.initializers),
+            ("kernel_regularizer", keras.regularizers),
+            ("bias_regularizer", keras.regularizers),
+            ("kernel_constraint", keras.constraints),
+            ("bias_constraint", keras.constraints),
+        ):
+            config[name] = module.serialize(getattr(self.mean_dense, name))
         return config

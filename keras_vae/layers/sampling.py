@@ -1,6 +1,7 @@
 """`Sampling`: reparameterized draws from N(mean, exp(log_var))."""
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_vae import ops as vae_ops
@@ -28,6 +29,21 @@ def check_implementation(implementation):
             f"implementation must be one of {vae_ops.IMPLEMENTATIONS}, got "
             f"{implementation!r}"
         )
+
+
+def next_seed(seed_generator):
+    """The generator's next `[2]` seed, distinct on each replica.
+
+    Under `tf.distribute` every replica runs the same step with the same
+    generator state; the replica id is added to the seed so that the
+    replicas' examples do not share their noise.
+    """
+    seed = seed_generator.next()
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+        seed = seed + tf.stack([replica, tf.zeros_like(replica)])
+    return seed
 
 
 class SavesSeedState:
@@ -127,7 +143,7 @@ class Sampling(SavesSeedState, keras.layers.Layer):
                 mean,
                 log_var,
                 num_samples=k,
-                seed=self.seed_generator.next(),
+                seed=next_seed(self.seed_generator),
                 implementation=self.implementation,
             )
             if self.add_kl_loss:
