@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -295,3 +298,22 @@ def test_keras_example_trains_saves_and_loads(tmp_path):
     assert len(sampling) == 1
     # Same weights and the same seed state: the same draws.
     np.testing.assert_array_equal(vae(digits[:16]), loaded(digits[:16]))
+
+
+def test_exported_sampling_serves_after_importing_keras_vae(tmp_path):
+    encoder, _ = _example_encoder_decoder()
+    encoder(np.zeros((2, 8, 8, 1), "float32"))
+    path = str(tmp_path / "encoder")
+    encoder.export(path, verbose=False)
+    # A fresh process: the graph holds the fused op, which `import
+    # keras_vae` registers.
+    script = (
+        "import sys, numpy as np, tensorflow as tf, keras_vae\n"
+        "model = tf.saved_model.load(sys.argv[1])\n"
+        "z = model.serve(tf.zeros((3, 8, 8, 1)))[2]\n"
+        "assert z.shape == (3, 2) and np.isfinite(z.numpy()).all()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, path], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
