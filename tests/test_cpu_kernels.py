@@ -206,6 +206,25 @@ def test_vector_paths_match_scalar_path(isa_name, stop):
         _assert_close(got, want, 1e-5, name)
 
 
+def test_scales_of_extreme_log_variances(isa):
+    """exp(0.5 * log_var) over the whole float range, infinities and NaN."""
+    log_var = np.array(
+        [-np.inf, -300, -200, -176, -100, -20, -1e-3, 0, 1e-3, 20, 100, 176,
+         177.4, 178, 200, np.inf, np.nan],
+        np.float32,
+    )[None, :]
+    zeros = np.zeros_like(log_var)
+    k = 6
+    eps, _, _ = _kernels.cpu_forward(zeros, zeros, k, 5, 6)
+    z, _, _ = _kernels.cpu_forward(zeros, log_var, k, 5, 6)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.exp(0.5 * log_var.astype(np.float64)).astype(np.float32) * eps
+    np.testing.assert_array_equal(np.isnan(z), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(z), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(z[finite], want[finite], rtol=1e-6, atol=1e-44)
+
+
 def test_float64_noise_is_stateless_normal_on_every_isa(isa):
     """float64 stays on the scalar generator whatever the instruction set."""
     zeros = np.zeros((3, 7), np.float64)

@@ -2,6 +2,7 @@
 #include "cpu/normals.h"
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -111,6 +112,19 @@ void normal_blocks_f32(const PhiloxStream& stream, uint64_t first_block,
 #endif
     default:
       return normal_blocks_f32_scalar(stream, first_block, num_blocks, out);
+  }
+}
+
+void scales_from_log_var_f32(const float* log_var, int64_t n, float* scale) {
+  switch (active_cpu_isa()) {
+#if KERAS_VAE_X86_SIMD
+    case CpuIsa::kAvx512:
+      return detail::scales_from_log_var_f32_avx512(log_var, n, scale);
+    case CpuIsa::kAvx2:
+      return detail::scales_from_log_var_f32_avx2(log_var, n, scale);
+#endif
+    default:
+      for (int64_t i = 0; i < n; ++i) scale[i] = std::exp(0.5f * log_var[i]);
   }
 }
 

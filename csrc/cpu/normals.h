@@ -26,6 +26,10 @@ enum class CpuIsa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 void normal_blocks_f32(const PhiloxStream& stream, uint64_t first_block,
                        int64_t num_blocks, float* out);
 
+// scale[i] = exp(0.5 * log_var[i]) for i < n, on the same instruction set
+// (within a float rounding error or two of std::exp).
+void scales_from_log_var_f32(const float* log_var, int64_t n, float* scale);
+
 // The generator in use. At first use it is the widest one the CPU supports,
 // capped by the environment variable KERAS_VAE_CPU_ISA ("scalar", "avx2",
 // "avx512") when that is set.
@@ -51,6 +55,10 @@ void normal_blocks_f32_avx2(const PhiloxKey& key, const PhiloxBlock& first,
                             int64_t num_blocks, float* out);
 void normal_blocks_f32_avx512(const PhiloxKey& key, const PhiloxBlock& first,
                               int64_t num_blocks, float* out);
+void scales_from_log_var_f32_avx2(const float* log_var, int64_t n,
+                                  float* scale);
+void scales_from_log_var_f32_avx512(const float* log_var, int64_t n,
+                                    float* scale);
 }  // namespace detail
 
 }  // namespace cpu

@@ -37,6 +37,13 @@ struct Avx2 {
   static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
+  static F min(F a, F b) { return _mm256_min_ps(a, b); }
+  static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static void storeu(float* p, F a) { _mm256_storeu_ps(p, a); }
+  static F select_nan(F a, F if_nan, F otherwise) {
+    return _mm256_blendv_ps(otherwise, if_nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+  }
   static F sqrt(F a) { return _mm256_sqrt_ps(a); }
   static F select_lt(F a, F b, F if_lt, F otherwise) {
     return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
@@ -108,7 +115,11 @@ struct Avx2 {
 namespace detail {
 void normal_blocks_f32_avx2(const PhiloxKey& key, const PhiloxBlock& first,
                             int64_t num_blocks, float* out) {
-  simd::PhiloxNormals<Avx2>::generate(key, first, num_blocks, out);
+  simd::Kernels<Avx2>::generate(key, first, num_blocks, out);
+}
+void scales_from_log_var_f32_avx2(const float* log_var, int64_t n,
+                          float* scale) {
+  simd::Kernels<Avx2>::scales(log_var, n, scale);
 }
 }  // namespace detail
 

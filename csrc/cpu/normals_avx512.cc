@@ -17,6 +17,11 @@
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f")
+// GCC 12's AVX-512 intrinsics read a deliberately undefined source operand
+// (_mm512_undefined_*), which -W[maybe-]uninitialized reports.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 #include "cpu/normals_simd.h"
@@ -37,6 +42,14 @@ struct Avx512 {
   static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }
+  static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static void storeu(float* p, F a) { _mm512_storeu_ps(p, a); }
+  static F select_nan(F a, F if_nan, F otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q),
+                                otherwise, if_nan);
+  }
   static F sqrt(F a) { return _mm512_sqrt_ps(a); }
   static F select_lt(F a, F b, F if_lt, F otherwise) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ),
@@ -114,7 +127,11 @@ struct Avx512 {
 namespace detail {
 void normal_blocks_f32_avx512(const PhiloxKey& key, const PhiloxBlock& first,
                               int64_t num_blocks, float* out) {
-  simd::PhiloxNormals<Avx512>::generate(key, first, num_blocks, out);
+  simd::Kernels<Avx512>::generate(key, first, num_blocks, out);
+}
+void scales_from_log_var_f32_avx512(const float* log_var, int64_t n,
+                          float* scale) {
+  simd::Kernels<Avx512>::scales(log_var, n, scale);
 }
 }  // namespace detail
 
@@ -124,6 +141,7 @@ void normal_blocks_f32_avx512(const PhiloxKey& key, const PhiloxBlock& first,
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
+#pragma GCC diagnostic pop
 #pragma GCC pop_options
 #endif
 #endif  // x86-64

@@ -1,5 +1,5 @@
-// Philox4x32-10 and Box-Muller over the lanes of a vector, written once for
-// any vector width. Included only by the per-ISA translation units, each of
+// Philox4x32-10 and Box-Muller over the lanes of a vector, and exp for the
+// scales exp(0.5 * log_var), written once for any vector width. Included only by the per-ISA translation units, each of
 // which supplies `V`: a struct of static wrappers over its intrinsics, defined
 // in an anonymous namespace so that no code compiled for one instruction set
 // can be linked in place of another's.
@@ -23,7 +23,7 @@ namespace cpu {
 namespace simd {
 
 template <class V>
-struct PhiloxNormals {
+struct Kernels {
   using F = typename V::F;
   using I = typename V::I;
   static constexpr int kWidth = V::kWidth;
@@ -83,6 +83,46 @@ struct PhiloxNormals {
     ps = V::fmadd(V::mul(ps, z), x, x);
     *s = V::xor_sign(V::select_ieq0(use_sin_poly, ps, pc), sin_sign);
     *c = V::xor_sign(V::select_ieq0(use_sin_poly, pc, ps), cos_sign);
+  }
+
+  // e^x (Cephes expf), with e^+-inf = inf, 0 and NaN kept.
+  static F exp(F x) {
+    // Past these bounds e^x is inf or rounds to 0 anyway.
+    const F clamped = V::min(V::max(x, V::set1(-104.0f)), V::set1(88.75f));
+    const F n = V::round(V::mul(clamped, V::set1(1.44269504088896341f)));
+    F r = V::fnmadd(n, V::set1(0.693359375f), clamped);
+    r = V::fnmadd(n, V::set1(-2.12194440e-4f), r);
+    F p = V::fmadd(V::set1(1.9875691500e-4f), r, V::set1(1.3981999507e-3f));
+    p = V::fmadd(p, r, V::set1(8.3334519073e-3f));
+    p = V::fmadd(p, r, V::set1(4.1665795894e-2f));
+    p = V::fmadd(p, r, V::set1(1.6666665459e-1f));
+    p = V::fmadd(p, r, V::set1(5.0000001201e-1f));
+    p = V::add(V::fmadd(p, V::mul(r, r), r), V::set1(1.0f));
+    // p * 2^n in two factors, each a normal float for n in [-150, 128].
+    const I n_half = V::to_i(V::mul(n, V::set1(0.5f)));
+    const I n_rest = V::sub_i(V::to_i(n), n_half);
+    const F y = V::mul(V::mul(p, pow2(n_half)), pow2(n_rest));
+    return V::select_nan(x, x, y);
+  }
+
+  // 2^k for integer k in [-126, 127].
+  static F pow2(I k) {
+    return V::as_f(V::template slli<23>(V::add_i(k, V::set1_i(127))));
+  }
+
+  // scale[i] = exp(0.5 * log_var[i]) for i < n.
+  static void scales(const float* log_var, int64_t n, float* scale) {
+    const F half = V::set1(0.5f);
+    int64_t i = 0;
+    for (; i + kWidth <= n; i += kWidth) {
+      V::storeu(scale + i, exp(V::mul(half, V::loadu(log_var + i))));
+    }
+    if (i < n) {
+      alignas(64) float tail[kWidth] = {};
+      std::memcpy(tail, log_var + i, sizeof(float) * (n - i));
+      V::storeu(tail, exp(V::mul(half, V::loadu(tail))));
+      std::memcpy(scale + i, tail, sizeof(float) * (n - i));
+    }
   }
 
   // A float in [0, 1) from the low 23 bits of x (uint32_to_unit_float).

@@ -62,6 +62,16 @@ inline void normal_blocks(const PhiloxStream& stream, uint64_t first_block,
   }
 }
 
+// scale[i] = exp(0.5 * log_var[i]): float on the vector paths too.
+inline void scales_from_log_var(const float* log_var, int64_t n,
+                                float* scale) {
+  scales_from_log_var_f32(log_var, n, scale);
+}
+inline void scales_from_log_var(const double* log_var, int64_t n,
+                                double* scale) {
+  for (int64_t i = 0; i < n; ++i) scale[i] = std::exp(0.5 * log_var[i]);
+}
+
 // The normals at flat indices [first, first + count) of the stream, with
 // count <= the capacity given at construction. The range may start and end
 // inside a Philox block.
@@ -155,13 +165,15 @@ void reparam_kl_forward(const ReparamShape& shape, const T* mean,
       const int64_t n0 = tile * rows_per_tile;
       const int64_t tile_size = std::min(rows_per_tile, N - n0) * D;
       if (tile != loaded) {
+        for (int64_t j = 0; j < tile_size; ++j) {
+          mu[j] = static_cast<C>(mean[n0 * D + j]);
+          lv[j] = static_cast<C>(log_var[n0 * D + j]);
+        }
+        scales_from_log_var(lv.data(), tile_size, sd.data());
         for (int64_t r = 0; r * D < tile_size; ++r) {
           C kl_sum = 0;
-          for (int64_t d = r * D; d < (r + 1) * D; ++d) {
-            mu[d] = static_cast<C>(mean[n0 * D + d]);
-            lv[d] = static_cast<C>(log_var[n0 * D + d]);
-            sd[d] = std::exp(C(0.5) * lv[d]);
-            kl_sum += kl_term(mu[d], lv[d], sd[d]);
+          for (int64_t j = r * D; j < (r + 1) * D; ++j) {
+            kl_sum += kl_term(mu[j], lv[j], sd[j]);
           }
           // The shard that holds (tile, 0) writes kl; it loads there.
           if (k == 0) kl[n0 + r] = static_cast<T>(kl_sum);
@@ -213,16 +225,19 @@ void reparam_kl_backward(const ReparamShape& shape, const T* mean,
     const int64_t p_begin = begin * kGradUnit;
     const int64_t p_end = std::min(P, end * kGradUnit);
     const int64_t chunk = std::min(p_end - p_begin, kChunkElements);
-    std::vector<C> mu(chunk), sd(chunk), d_mu(chunk), d_lv(chunk);
+    std::vector<C> mu(chunk), lv(chunk), sd(chunk), d_mu(chunk), d_lv(chunk);
     NoiseChunk<C> noise(chunk);
     for (int64_t p0 = p_begin; p0 < p_end; p0 += chunk) {
       const int64_t count = std::min(chunk, p_end - p0);
+      for (int64_t j = 0; j < count; ++j) {
+        mu[j] = static_cast<C>(mean[p0 + j]);
+        lv[j] = static_cast<C>(log_var[p0 + j]);
+      }
+      scales_from_log_var(lv.data(), count, sd.data());
       for_each_row_piece(
           p0, count, D, [&](int64_t n, int64_t, int64_t i, int64_t len) {
             const C g_kl = static_cast<C>(grad_kl[n]);
             for (int64_t j = i; j < i + len; ++j) {
-              mu[j] = static_cast<C>(mean[p0 + j]);
-              sd[j] = std::exp(C(0.5) * static_cast<C>(log_var[p0 + j]));
               kl_grad(g_kl, mu[j], sd[j], &d_mu[j], &d_lv[j]);
             }
           });
