@@ -13,7 +13,8 @@
 // not, so no inline function of theirs can be emitted with these
 // instructions and picked by the linker for a caller on another CPU.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), \
+                             apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -38,15 +39,19 @@ struct Avx2 {
   static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm256_max_ps(a, b); }
   static F min(F a, F b) { return _mm256_min_ps(a, b); }
-  static F round(F a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F round(F a) {
+    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
   static F loadu(const float* p) { return _mm256_loadu_ps(p); }
   static void storeu(float* p, F a) { _mm256_storeu_ps(p, a); }
   static F select_nan(F a, F if_nan, F otherwise) {
-    return _mm256_blendv_ps(otherwise, if_nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(otherwise, if_nan,
+                            _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
   }
   static F sqrt(F a) { return _mm256_sqrt_ps(a); }
   static F select_lt(F a, F b, F if_lt, F otherwise) {
-    return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+    return _mm256_blendv_ps(otherwise, if_lt,
+                            _mm256_cmp_ps(a, b, _CMP_LT_OQ));
   }
   static F select_ieq0(I a, F if_zero, F otherwise) {
     const I zero = _mm256_cmpeq_epi32(a, _mm256_setzero_si256());
@@ -65,7 +70,9 @@ struct Avx2 {
     return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
   }
 
-  static I set1_i(uint32_t x) { return _mm256_set1_epi32(static_cast<int>(x)); }
+  static I set1_i(uint32_t x) {
+    return _mm256_set1_epi32(static_cast<int>(x));
+  }
   static I iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
   static I load_i(const uint32_t* p) {
     return _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
@@ -99,10 +106,14 @@ struct Avx2 {
     const F a = _mm256_unpacklo_ps(n0, n1), b = _mm256_unpackhi_ps(n0, n1);
     const F c = _mm256_unpacklo_ps(n2, n3), d = _mm256_unpackhi_ps(n2, n3);
     // Each 128-bit lane i of u_k holds block 4i + k.
-    const F u0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(c)));
-    const F u1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(c)));
-    const F u2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(b), _mm256_castps_pd(d)));
-    const F u3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(b), _mm256_castps_pd(d)));
+    const F u0 = _mm256_castpd_ps(
+        _mm256_unpacklo_pd(_mm256_castps_pd(a), _mm256_castps_pd(c)));
+    const F u1 = _mm256_castpd_ps(
+        _mm256_unpackhi_pd(_mm256_castps_pd(a), _mm256_castps_pd(c)));
+    const F u2 = _mm256_castpd_ps(
+        _mm256_unpacklo_pd(_mm256_castps_pd(b), _mm256_castps_pd(d)));
+    const F u3 = _mm256_castpd_ps(
+        _mm256_unpackhi_pd(_mm256_castps_pd(b), _mm256_castps_pd(d)));
     _mm256_storeu_ps(out, _mm256_permute2f128_ps(u0, u1, 0x20));
     _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
     _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(u0, u1, 0x31));

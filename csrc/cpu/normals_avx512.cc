@@ -13,7 +13,8 @@
 // not, so no inline function of theirs can be emitted with these
 // instructions and picked by the linker for a caller on another CPU.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f"))), \
+                             apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f")
@@ -43,7 +44,10 @@ struct Avx512 {
   static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
   static F max(F a, F b) { return _mm512_max_ps(a, b); }
   static F min(F a, F b) { return _mm512_min_ps(a, b); }
-  static F round(F a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static F round(F a) {
+    return _mm512_roundscale_ps(a,
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
   static F loadu(const float* p) { return _mm512_loadu_ps(p); }
   static void storeu(float* p, F a) { _mm512_storeu_ps(p, a); }
   static F select_nan(F a, F if_nan, F otherwise) {
@@ -60,22 +64,30 @@ struct Avx512 {
                                 otherwise);
   }
   static F xor_sign(F a, I sign) {
-    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a), sign));
+    return _mm512_castsi512_ps(
+        _mm512_xor_si512(_mm512_castps_si512(a), sign));
   }
   // float(2 * pi * x) with the product taken in double, as TensorFlow does.
   static F two_pi_times(F x) {
     const __m512d two_pi = _mm512_set1_pd(2.0 * M_PI);
     const __m256 lo = _mm512_castps512_ps256(x);
-    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
-    const __m256 rlo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(lo), two_pi));
-    const __m256 rhi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(hi), two_pi));
-    return _mm512_castpd_ps(_mm512_insertf64x4(
-        _mm512_castpd256_pd512(_mm256_castps_pd(rlo)), _mm256_castps_pd(rhi), 1));
+    const __m256 hi =
+        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1));
+    const __m256 rlo =
+        _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(lo), two_pi));
+    const __m256 rhi =
+        _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(hi), two_pi));
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(rlo)),
+                           _mm256_castps_pd(rhi), 1));
   }
 
-  static I set1_i(uint32_t x) { return _mm512_set1_epi32(static_cast<int>(x)); }
+  static I set1_i(uint32_t x) {
+    return _mm512_set1_epi32(static_cast<int>(x));
+  }
   static I iota() {
-    return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                             15);
   }
   static I load_i(const uint32_t* p) { return _mm512_load_si512(p); }
   static I add_i(I a, I b) { return _mm512_add_epi32(a, b); }
@@ -107,18 +119,26 @@ struct Avx512 {
     const F a = _mm512_unpacklo_ps(n0, n1), b = _mm512_unpackhi_ps(n0, n1);
     const F c = _mm512_unpacklo_ps(n2, n3), d = _mm512_unpackhi_ps(n2, n3);
     // Each 128-bit lane i of u_k holds block 4i + k.
-    const F u0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
-    const F u1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
-    const F u2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
-    const F u3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+    const F u0 = _mm512_castpd_ps(
+        _mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+    const F u1 = _mm512_castpd_ps(
+        _mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
+    const F u2 = _mm512_castpd_ps(
+        _mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
+    const F u3 = _mm512_castpd_ps(
+        _mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
     const F t0 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));
     const F t1 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));
     const F t2 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));
     const F t3 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
-    _mm512_storeu_ps(out, _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
-    _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)));
-    _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(out,
+                     _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(out + 16,
+                     _mm512_shuffle_f32x4(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
+    _mm512_storeu_ps(out + 32,
+                     _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm512_storeu_ps(out + 48,
+                     _mm512_shuffle_f32x4(t2, t3, _MM_SHUFFLE(3, 1, 3, 1)));
   }
 };
 

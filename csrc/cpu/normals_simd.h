@@ -1,8 +1,9 @@
 // Philox4x32-10 and Box-Muller over the lanes of a vector, and exp for the
-// scales exp(0.5 * log_var), written once for any vector width. Included only by the per-ISA translation units, each of
-// which supplies `V`: a struct of static wrappers over its intrinsics, defined
-// in an anonymous namespace so that no code compiled for one instruction set
-// can be linked in place of another's.
+// scales exp(0.5 * log_var), written once for any vector width. Included only
+// by the per-ISA translation units, each of which supplies `V`: a struct of
+// static wrappers over its intrinsics, defined in an anonymous namespace so
+// that no code compiled for one instruction set can be linked in place of
+// another's.
 //
 // Lane j of a batch is Philox block first + j: the four counter words are four
 // vectors (structure of arrays), and the 32x32->64-bit products of a round are
