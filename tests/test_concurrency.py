@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import tiny_vae
 from keras_vae import ops
 
 NUM_THREADS = 6
@@ -140,3 +141,23 @@ def test_numpy_entry_from_threads():
         for got in rounds:
             for g, e in zip(got, expected[i]):
                 np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["traced", "first-call"])
+def test_vae_predict_from_threads(warm):
+    """VAE.predict (the reconstruction from the posterior mean) on each
+    thread's own data; with warm=False the threads also race to trace the
+    predict function."""
+    model = tiny_vae.build()
+    inputs = [tiny_vae.data(seed=i, num_examples=5 + 3 * i) for i in range(NUM_THREADS)]
+    # The model applied directly, outside predict's machinery.
+    expected = [model(x).numpy() for x in inputs]
+    if warm:
+        model.predict(inputs[0], verbose=0)
+
+    def work(i):
+        return [model.predict(inputs[i], batch_size=4, verbose=0) for _ in range(3)]
+
+    for i, rounds in enumerate(run_in_threads(work)):
+        for got in rounds:
+            np.testing.assert_allclose(got, expected[i], rtol=1e-6, atol=1e-7)
