@@ -17,8 +17,15 @@ from benchmarks.timing import interleaved_medians
 
 # The four sizes the targets name, as (B, D, K).
 TARGET_SIZES = ((128, 32, 1), (128, 32, 50), (1024, 64, 8), (4096, 256, 16))
-# Extra points that fill in the speed-up-against-K*B*D curve.
-EXTRA_SIZES = ((128, 32, 8), (1024, 64, 1), (1024, 64, 50), (4096, 256, 1))
+# Extra points that fill in the speed-up-against-K*B*D curve; 128x50x50 is
+# the latent step of the end-to-end model at K=50.
+EXTRA_SIZES = (
+    (128, 32, 8),
+    (1024, 64, 1),
+    (1024, 64, 50),
+    (4096, 256, 1),
+    (128, 50, 50),
+)
 PASSES = ("forward", "forward+backward")
 MODES = ("eager", "function", "xla")
 SEED = (1, 2)

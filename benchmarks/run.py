@@ -39,20 +39,18 @@ CONFIGS = {
         "repeats": 15,
         "min_sample_s": 0.02,
         "memory_sizes": latent.TARGET_SIZES[1:],
-        "e2e_samples": (1, 5, 50),
+        "e2e_steps_per_k": {1: 60, 5: 30, 50: 10},
         "e2e_batch_size": 128,
-        "e2e_steps": 40,
-        "e2e_repeats": 7,
+        "e2e_repeats": 15,
     },
     "quick": {
         "sizes": latent.TARGET_SIZES,
         "repeats": 3,
         "min_sample_s": 0.005,
         "memory_sizes": latent.TARGET_SIZES[-1:],
-        "e2e_samples": (1, 50),
+        "e2e_steps_per_k": {1: 20, 50: 5},
         "e2e_batch_size": 128,
-        "e2e_steps": 10,
-        "e2e_repeats": 2,
+        "e2e_repeats": 3,
     },
 }
 
@@ -126,9 +124,8 @@ def main(argv=None):
         results["memory"] = memory.run(cfg["memory_sizes"], log=log)
     if "end_to_end" in args.parts:
         results["end_to_end"] = end_to_end.run(
-            cfg["e2e_samples"],
+            cfg["e2e_steps_per_k"],
             cfg["e2e_batch_size"],
-            cfg["e2e_steps"],
             cfg["e2e_repeats"],
             log=log,
         )
