@@ -2,18 +2,24 @@
 
 - The op library is loaded from the package's own directory only: not from
   the current directory, not from a path an environment variable names.
-- Nothing in the package downloads or evaluates code, and nothing
-  deserializes lambdas: models load with Keras's safe_mode=True.
+- Nothing in the package downloads or evaluates code (a source scan, and a
+  run with the network refused), and nothing deserializes lambdas: models
+  save without any and load with Keras's safe_mode=True.
 """
 
 import ast
 import json
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 
+import keras_vae
+from helpers import tiny_vae
 from helpers.processes import (
     PACKAGE_DIR,
     compiled_libraries,
@@ -188,3 +194,79 @@ def test_library_loader_looks_only_in_the_package_directory():
     assert "_PACKAGE_DIR" in names
     assert not {"environ", "getenv", "getcwd", "cwd"} & (names | attrs)
     assert "os.environ" not in source and "getenv" not in source
+
+
+# ---------------------------------------------------------------------------
+# Saving and loading under safe_mode=True.
+
+
+def _class_names(config):
+    """Every "class_name" in a serialized config, recursively."""
+    if isinstance(config, dict):
+        names = [config["class_name"]] if "class_name" in config else []
+        return names + [n for v in config.values() for n in _class_names(v)]
+    if isinstance(config, list):
+        return [n for v in config for n in _class_names(v)]
+    return []
+
+
+def _functional_sampling_model():
+    x = keras.Input((tiny_vae.INPUT_DIM,))
+    mean, log_var = keras_vae.layers.GaussianEncoderHead(3)(x)
+    z = keras_vae.layers.Sampling(num_samples=2, seed=4, add_kl_loss=True)(
+        [mean, log_var]
+    )
+    return keras.Model(x, z)
+
+
+@pytest.mark.parametrize("kind", ["vae", "vae-schedule", "functional"])
+def test_models_load_with_safe_mode_and_no_lambdas(tmp_path, kind):
+    if kind == "functional":
+        model = _functional_sampling_model()
+    else:
+        beta = 0.5
+        if kind == "vae-schedule":
+            beta = keras.optimizers.schedules.PolynomialDecay(0.0, 100, 1.0)
+        model = tiny_vae.build(
+            num_samples=2, objective="iwae", gradient_estimator="dreg", beta=beta
+        )
+    x = tiny_vae.data()[:5]
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    names = _class_names(config)
+    assert names, "no classes in the saved config"
+    assert not {"Lambda", "__lambda__"} & set(names), names
+    assert "lambda" not in json.dumps(config).lower()
+
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    if kind == "functional":
+        # The same seed state gives the same draws.
+        np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    else:
+        np.testing.assert_array_equal(
+            loaded.elbo(x, num_samples=3, seed=1).numpy(),
+            model.elbo(x, num_samples=3, seed=1).numpy(),
+        )
+
+
+def test_safe_mode_refuses_a_lambda(tmp_path):
+    """The guard the tests above rely on: Keras's safe_mode refuses lambda
+    deserialization, so a model that needed one could not load."""
+    x = keras.Input((2,))
+    model = keras.Model(x, keras.layers.Lambda(lambda t: t * 2)(x))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.models.load_model(path, safe_mode=True)
+
+
+@pytest.mark.slow
+def test_package_runs_with_the_network_refused(tmp_path):
+    """Import, fit, save and load with every connection refused."""
+    proc = run_python(
+        [str(HELPERS / "no_network.py"), str(tmp_path / "m.keras")], cwd=tmp_path
+    )
+    assert proc.stdout.strip().endswith("ok")
