@@ -21,15 +21,20 @@ MultiWorkerMirroredStrategy needs one process per worker.
 """
 
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
 from helpers import tiny_vae
-from helpers.processes import SCRIPTS_DIR, free_ports, python_env, run_python
+from helpers.processes import (
+    SCRIPTS_DIR,
+    free_ports,
+    python_env,
+    run_python,
+    start_python,
+    wait_all,
+)
 
 WORKER = str(SCRIPTS_DIR / "distributed_worker.py")
 GLOBAL_BATCH = 8
@@ -123,26 +128,14 @@ def test_multi_worker_mirrored_strategy_matches_single_device(runs, tmp_path):
         out = tmp_path / f"worker{index}.npz"
         tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         workers.append(
-            subprocess.Popen(
-                [sys.executable, WORKER, "multiworker", str(init_path), str(out)],
+            start_python(
+                [WORKER, "multiworker", str(init_path), str(out)],
                 cwd=tmp_path,
                 env=python_env(TF_CONFIG=json.dumps(tf_config)),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
             )
         )
         outputs.append(out)
-    logs = []
-    try:
-        for worker in workers:
-            logs.append(worker.communicate(timeout=240)[0])
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
-    for worker, log in zip(workers, logs):
-        assert worker.returncode == 0, log[-6000:]
+    for code, log in wait_all(workers, timeout=240):
+        assert code == 0, log[-6000:]
     for out in outputs:
         _assert_matches(_load_run(out), single)

@@ -11,13 +11,11 @@ seed state is what the backup carried.
 """
 
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers.processes import SCRIPTS_DIR, python_env, run_python
+from helpers.processes import SCRIPTS_DIR, start_python, wait_all
 
 WORKER = str(SCRIPTS_DIR / "resume_worker.py")
 EPOCHS, BATCHES_PER_EPOCH = 4, 4
@@ -26,20 +24,8 @@ EPOCHS, BATCHES_PER_EPOCH = 4, 4
 def _start(tmp_path, name, *extra):
     backup = tmp_path / f"backup_{name}"
     out = tmp_path / f"{name}.npz"
-    proc = subprocess.Popen(
-        [sys.executable, WORKER, str(backup), str(out), *extra],
-        cwd=tmp_path,
-        env=python_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = start_python([WORKER, str(backup), str(out), *extra], cwd=tmp_path)
     return proc, backup, out
-
-
-def _finish(proc, timeout=300):
-    log = proc.communicate(timeout=timeout)[0]
-    return proc.returncode, log
 
 
 def _load(path):
@@ -56,35 +42,28 @@ def _load(path):
 def test_killed_fit_resumes_to_the_uninterrupted_result(tmp_path):
     uninterrupted, _, uninterrupted_out = _start(tmp_path, "uninterrupted")
     killed, backup, killed_out = _start(tmp_path, "killed", "--kill-at", "2:1")
-    try:
-        code, log = _finish(killed)
-        assert code == -9, f"the run was not killed (exit {code}):\n{log[-4000:]}"
-        assert not killed_out.exists()
-        assert (backup / "latest.weights.h5").exists(), "no backup was written"
-        assert '"epoch": 2' in (backup / "training_metadata.json").read_text()
-        code, log = _finish(uninterrupted)
-        assert code == 0, log[-6000:]
-    finally:
-        for proc in (uninterrupted, killed):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    (code, log), (killed_code, killed_log) = wait_all([uninterrupted, killed])
+    assert code == 0, log[-6000:]
+    assert killed_code == -9, (
+        f"the run was not killed (exit {killed_code}):\n{killed_log[-4000:]}"
+    )
+    assert not killed_out.exists()
+    assert (backup / "latest.weights.h5").exists(), "no backup was written"
+    assert '"epoch": 2' in (backup / "training_metadata.json").read_text()
 
+    # Resume twice from the same backup: as is, and with the seed state lost.
     control_backup = tmp_path / "backup_control"
     shutil.copytree(backup, control_backup)
     resumed_out, control_out = tmp_path / "resumed.npz", tmp_path / "control.npz"
-    resumed = subprocess.Popen(
-        [sys.executable, WORKER, str(backup), str(resumed_out)],
-        cwd=tmp_path, env=python_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    control = run_python(
-        [WORKER, str(control_backup), str(control_out), "--reset-seed-state"],
-        cwd=tmp_path,
-    )
-    code, log = _finish(resumed)
-    assert code == 0, log[-6000:]
-    assert control.returncode == 0
+    runs = [
+        start_python([WORKER, str(backup), str(resumed_out)], cwd=tmp_path),
+        start_python(
+            [WORKER, str(control_backup), str(control_out), "--reset-seed-state"],
+            cwd=tmp_path,
+        ),
+    ]
+    for code, log in wait_all(runs):
+        assert code == 0, log[-6000:]
 
     want, got, reset = (
         _load(p) for p in (uninterrupted_out, resumed_out, control_out)

@@ -59,6 +59,34 @@ def run_python(args, *, cwd=None, env=None, timeout=300, check=True):
     return proc
 
 
+def start_python(args, *, cwd=None, env=None):
+    """Starts `python args...` with stdout and stderr together in a pipe."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env or python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_all(procs, timeout=300):
+    """Waits for processes from start_python; returns (exit code, output) of
+    each. Any still running when this returns or raises is killed."""
+    try:
+        results = []
+        for p in procs:
+            output = p.communicate(timeout=timeout)[0]
+            results.append((p.returncode, output))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def copy_package_without_libraries(dest):
     """Copies the keras_vae package, less its compiled libraries, to
     dest/keras_vae; returns dest, the directory to put first on sys.path."""
