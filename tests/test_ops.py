@@ -82,7 +82,16 @@ NOISE_SEEDS = [
 @requires_fused
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float64])
 @pytest.mark.parametrize("shape", NOISE_SHAPES, ids=str)
-def test_noise_is_stateless_normal_bit_exact(dtype, shape):
+def test_noise_is_stateless_normal(dtype, shape):
+    """The noise contract: equal to stateless_normal within 1e-5.
+
+    float64 and the scalar float path run TensorFlow's own formulas and are
+    bit-exact; the vector float paths use polynomial log/sincos (measured
+    |delta| < 5e-7 over 1e7 draws in tests/test_cpu_kernels.py).
+    """
+    from keras_vae import _kernels
+
+    exact = dtype == tf.float64 or _kernels.cpu_isa() == "scalar"
     zeros = tf.zeros(shape, dtype)
     for seed in NOISE_SEEDS:
         for seed_dtype in (tf.int32, tf.int64):
@@ -94,8 +103,12 @@ def test_noise_is_stateless_normal_bit_exact(dtype, shape):
             )
             eps = tf.random.stateless_normal([3, *shape], seed_t, dtype=dtype)
             # mean 0 and std 1: z is eps itself, with no rounding in between.
-            np.testing.assert_array_equal(
-                z.numpy(), eps.numpy(), err_msg=f"seed {seed} {seed_dtype}"
+            np.testing.assert_allclose(
+                z.numpy(),
+                eps.numpy(),
+                rtol=0,
+                atol=0 if exact else 1e-5,
+                err_msg=f"seed {seed} {seed_dtype}",
             )
 
 
