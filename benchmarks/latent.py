@@ -13,7 +13,7 @@ instead), so it runs eager and in `tf.function`.
 import tensorflow as tf
 
 import keras_vae
-from benchmarks.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians, paired_ratio
 
 # The four sizes the targets name, as (B, D, K).
 TARGET_SIZES = ((128, 32, 1), (128, 32, 50), (1024, 64, 8), (4096, 256, 16))
@@ -147,32 +147,37 @@ def candidates(batch, dim, num_samples, pass_name):
 
 
 def best(timings, computation):
-    """(mode, median seconds) of the fastest mode of `computation`."""
-    modes = {
-        name.split("/")[1]: t["median_s"]
-        for name, t in timings.items()
+    """The mode of `computation` with the lowest median time."""
+    modes = [
+        name.split("/")[1]
+        for name in timings
         if name.split("/")[0] == computation
-    }
-    mode = min(modes, key=modes.get)
-    return mode, modes[mode]
+    ]
+    return min(
+        modes, key=lambda m: timings[f"{computation}/{m}"]["median_s"]
+    )
 
 
 def summarize(timings):
-    """Best mode per computation and the fused op's speed-ups."""
-    fused_mode, fused_s = best(timings, "fused")
-    summary = {"fused": {"mode": fused_mode, "median_s": fused_s}}
+    """Best mode per computation and the fused op's speed-ups.
+
+    A speed-up is the median over repetitions of the ratio of the two
+    candidates' samples in the same repetition (`paired_ratio`).
+    """
+    fused_mode = best(timings, "fused")
+    fused = timings[f"fused/{fused_mode}"]
+    summary = {"fused": {"mode": fused_mode, "median_s": fused["median_s"]}}
     others = ["tf", "tfp"] + (["rng"] if "rng/eager" in timings else [])
     for comp in others:
-        mode, seconds = best(timings, comp)
+        mode = best(timings, comp)
         summary[comp] = {
             "mode": mode,
-            "median_s": seconds,
-            "speedup_of_fused": seconds / fused_s,
+            "median_s": timings[f"{comp}/{mode}"]["median_s"],
+            "speedup_of_fused": paired_ratio(timings[f"{comp}/{mode}"], fused),
         }
     # Like for like: both in tf.function, no XLA on either side.
-    summary["speedup_vs_tf_function"] = (
-        timings["tf/function"]["median_s"]
-        / timings["fused/function"]["median_s"]
+    summary["speedup_vs_tf_function"] = paired_ratio(
+        timings["tf/function"], timings["fused/function"]
     )
     return summary
 

@@ -70,3 +70,18 @@ def interleaved_medians(candidates, repeats, min_sample_s, warmup=2):
         }
         for name in names
     }
+
+
+def paired_ratio(numerator, denominator):
+    """Median over repetitions of one candidate's time over another's.
+
+    Outside load comes and goes over seconds, so it often slows a whole
+    repetition; a ratio taken within one repetition cancels it, where a ratio
+    of two medians can pair a quiet sample with a loaded one.
+
+    Args:
+        numerator, denominator: `interleaved_medians` entries of one run.
+    """
+    return statistics.median(
+        n / d for n, d in zip(numerator["samples_s"], denominator["samples_s"])
+    )
