@@ -49,6 +49,7 @@ def _latent_table(rows, pass_name):
     header = ["B×D×K", "K·B·D"] + [title for _, title in LATENT_COLUMNS]
     if forward:
         header += ["RNG alone (best)"]
+    header += ["floor: tf.function / XLA"]
     header += [
         "speed-up vs best TF",
         "vs TF tf.function",
@@ -63,6 +64,10 @@ def _latent_table(rows, pass_name):
         cells += [_time(t[name]["median_s"]) for name, _ in LATENT_COLUMNS]
         if forward:
             cells.append(f"{_time(s['rng']['median_s'])} ({s['rng']['mode']})")
+        cells.append(
+            f"{_time(t['floor/function']['median_s'])} / "
+            f"{_time(t['floor/xla']['median_s'])}"
+        )
         cells += [
             f"**{s['tf']['speedup_of_fused']:.2f}×** "
             f"({s['fused']['mode']} vs {s['tf']['mode']})",

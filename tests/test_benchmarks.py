@@ -139,6 +139,8 @@ def test_candidates_cover_every_mode_and_run():
         "tf/xla",
         "tfp/eager",
         "tfp/function",
+        "floor/function",
+        "floor/xla",
         "rng/eager",
         "rng/function",
         "rng/xla",
@@ -162,7 +164,8 @@ def test_fused_step_keeps_only_z_for_the_backward_pass():
 def _results():
     timings = {
         name: {"median_s": 1e-3}
-        for name, _ in report.LATENT_COLUMNS
+        for name in [n for n, _ in report.LATENT_COLUMNS]
+        + ["floor/function", "floor/xla"]
     }
     rows = []
     for size, ratio in (((128, 32, 1), 0.5), ((4096, 256, 16), 4.0)):
