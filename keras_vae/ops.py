@@ -275,6 +275,20 @@ def reparameterize_kl(
         )
 
 
+@tf.custom_gradient
+def _zero_with_gradient(x, dfdx):
+    """Zeros shaped like x whose gradient with respect to x is dfdx.
+
+    A term of value exactly 0, even where x or dfdx is infinite, unlike
+    dfdx * (x - stop_gradient(x)).
+    """
+
+    def grad(upstream):
+        return upstream * dfdx, None
+
+    return tf.zeros_like(x), grad
+
+
 def reparameterize_kl_reference(
     mean, log_var, num_samples, seed, stop_log_ratio_param_grad=False
 ):
@@ -285,22 +299,24 @@ def reparameterize_kl_reference(
     with tf.control_dependencies(
         _run_time_checks(mean, log_var, num_samples)
     ):
-        mu = tf.cast(mean, compute)
-        lv = tf.cast(log_var, compute)
+        # identity: a cast to the same dtype is no op, and would not wait.
+        mu = tf.identity(tf.cast(mean, compute))
+        lv = tf.identity(tf.cast(log_var, compute))
         shape = tf.concat([[num_samples], tf.shape(mu)], axis=0)
     eps = tf.random.stateless_normal(shape, seed=seed, dtype=compute)
     std = tf.exp(0.5 * lv)
     z = mu + std * eps
     kl = 0.5 * tf.reduce_sum(tf.exp(lv) + tf.square(mu) - 1.0 - lv, axis=-1)
-    if stop_log_ratio_param_grad:
-        mu_q, lv_q = tf.stop_gradient(mu), tf.stop_gradient(lv)
-        eps_q = (z - mu_q) * tf.exp(-0.5 * lv_q)
-    else:
-        # In eps-coordinates log q is -eps**2/2 - lv/2: eps carries no gradient.
-        lv_q, eps_q = lv, eps
+    # In eps-coordinates log q is -eps**2/2 - lv/2, and eps carries no
+    # gradient: the value is the same with or without the stop option.
+    lv_q = tf.stop_gradient(lv) if stop_log_ratio_param_grad else lv
     log_ratio = 0.5 * tf.reduce_sum(
-        tf.square(z) - tf.square(eps_q) - lv_q, axis=-1
+        tf.square(z) - tf.square(eps) - lv_q, axis=-1
     )
+    if stop_log_ratio_param_grad:
+        # log q(z | stopped params) keeps its path through z, whose
+        # derivative is -(z - mean) / std**2 = -eps / std.
+        log_ratio += tf.reduce_sum(_zero_with_gradient(z, -eps / std), axis=-1)
     return tf.cast(z, dtype), tf.cast(kl, dtype), tf.cast(log_ratio, dtype)
 
 
