@@ -276,7 +276,8 @@ class VAE(SavesSeedState, keras.Model):
 
     def _beta(self):
         if isinstance(self.beta, _Schedule):
-            step = 0 if self.optimizer is None else self.optimizer.iterations
+            optimizer = getattr(self, "optimizer", None)
+            step = 0 if optimizer is None else optimizer.iterations
             return ops.cast(self.beta(step), "float32")
         return self.beta
 
@@ -343,7 +344,11 @@ class VAE(SavesSeedState, keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         if replicas > 1:
             loss = loss / replicas
-        return self.optimizer.scale_loss(loss)
+        # Before compile there is no optimizer, hence no loss scaling.
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None:
+            return loss
+        return optimizer.scale_loss(loss)
 
     def compute_gradients(self, x, sample_weight=None, seed=None):
         """Gradients of the training loss for one batch, without applying them.
