@@ -330,6 +330,11 @@ def plot(results, path):
     ax.axhline(1.0, color="black", lw=0.6)
     ax.set_xscale("log")
     ax.set_yscale("log", base=2)
+    ticks = [0.25, 0.5, 1, 2, 3, 4, 6, 8, 12, 16]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ticks if low <= t <= high]
+    ax.set_yticks(ticks, [f"{t:g}×" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("K·B·D (elements of z)")
     ax.set_ylabel("speed-up of the fused op (×)")
     machine = results["machine"]
