@@ -101,6 +101,7 @@ def _memory_table(rows):
         kbd, f, u = row["kbd_bytes"], *(
             row["candidates"][n] for n in ("fused", "tf")
         )
+        saved = u["function_peak_bytes"] - f["function_peak_bytes"]
         body.append(
             [
                 _size(row),
@@ -111,7 +112,7 @@ def _memory_table(rows):
                 _bytes(u["eager_peak_bytes"], kbd),
                 _bytes(f["function_peak_bytes"], kbd),
                 _bytes(u["function_peak_bytes"], kbd),
-                f"{(u['function_peak_bytes'] - f['function_peak_bytes']) / MIB:.1f} MiB",
+                f"{saved / MIB:.1f} MiB",
             ]
         )
     return _table(header, body)

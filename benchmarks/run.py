@@ -112,7 +112,7 @@ def main(argv=None):
             "mode": mode,
             "command": command,
             "parts": args.parts,
-            **{k: v for k, v in cfg.items()},
+            **cfg,
         },
         "machine": machine.describe(),
     }

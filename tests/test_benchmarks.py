@@ -193,6 +193,15 @@ def _results():
             "build_info": {}, "git_commit": "abc",
         },
         "latent": rows,
+        "memory": [
+            {"B": 4096, "D": 256, "K": 16, "kbd_bytes": 2**26,
+             "candidates": {
+                 name: {"eager_kept_bytes": kept, "latent_kept_bytes": kept,
+                        "eager_peak_bytes": 3 * kept,
+                        "function_peak_bytes": 2 * kept}
+                 for name, kept in (("fused", 2**26), ("tf", 8 * 2**26))
+             }},
+        ],
         "end_to_end": [
             {"K": 1, "summary": {"ratio_vs_best_plain": 0.9},
              "batch_size": 8, "steps": 2,
@@ -211,6 +220,9 @@ def test_targets_say_which_are_met():
     assert met["forward+backward 128×32×1 vs fastest TF mode"] is False
     assert met["forward+backward 4096×256×16 vs fastest TF mode"] is True
     assert met["forward 4096×256×16 vs stateless_normal alone"] is True
+    assert met[
+        "backward keeps nothing of size K×B×D besides z, 4096×256×16"
+    ] is True
     assert met["VAE.fit examples/s vs plain Keras, K=1"] is False
     assert met["VAE.fit examples/s vs plain Keras, K=50"] is True
 
@@ -224,6 +236,8 @@ def test_update_document_replaces_only_its_section(tmp_path):
     assert text.count(report.BEGIN) == 1 and "first" not in text
     assert "Intro." in text and "## GPU (CUDA)\n\nGPU table." in text
     assert "| 128×32×1 | 4,096 |" in text and "**0.50×**" in text
+    assert "| 64.0 MiB (1.00) | 512.0 MiB (8.00) |" in text
+    assert "| 896.0 MiB |" in text  # tf.function peaks 1024 - 128 MiB
     # The generated block opens no "## " section, which would cut another.
     block = text[text.index(report.BEGIN):text.index(report.END)]
     assert "\n## " not in block
