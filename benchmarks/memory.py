@@ -15,6 +15,12 @@ Figures per candidate, relative to the memory in use before the step:
 - "peak": the high-water mark over the whole forward+backward step, eager
   and in `tf.function` (a graph runs the step as a whole, so only its peak
   is observable).
+
+The allocator (TensorFlow's BFC allocator) counts whole chunks and hands
+out a free chunk unsplit when it is less than twice the request, so one
+tensor can count for up to twice its size, depending on what ran before: a
+single 2 MiB tensor has been seen to count 3.3 MiB. A [K, B, D] tensor can
+therefore read 1.4 tensors in one run and 1.0 in the next.
 """
 
 import tensorflow as tf
