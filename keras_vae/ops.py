@@ -122,9 +122,18 @@ def _num_samples_tensor(num_samples):
     return tf.cast(num_samples, tf.int32)
 
 
-def _run_time_checks(mean, log_var, num_samples):
+def _run_time_checks(mean, log_var, num_samples, seed):
     """Asserts what unknown static shapes left undecided (graph mode)."""
     checks = []
+    if not seed.shape.is_fully_defined():
+        is_pair = tf.logical_and(
+            tf.equal(tf.rank(seed), 1), tf.equal(tf.size(seed), 2)
+        )
+        checks.append(
+            tf.debugging.Assert(
+                is_pair, ["seed must have shape [2], got", tf.shape(seed)]
+            )
+        )
     if mean.shape.rank is None:
         checks.append(
             tf.debugging.assert_rank_at_least(
@@ -296,14 +305,20 @@ def reparameterize_kl_reference(
     dtype = mean.dtype
     compute = _compute_dtype(dtype)
     num_samples = _num_samples_tensor(num_samples)
+    seed = tf.convert_to_tensor(seed)
     with tf.control_dependencies(
-        _run_time_checks(mean, log_var, num_samples)
+        _run_time_checks(mean, log_var, num_samples, seed)
     ):
         # identity: a cast to the same dtype is no op, and would not wait.
         mu = tf.identity(tf.cast(mean, compute))
         lv = tf.identity(tf.cast(log_var, compute))
+        seed = tf.identity(seed)
         shape = tf.concat([[num_samples], tf.shape(mu)], axis=0)
-    eps = tf.random.stateless_normal(shape, seed=seed, dtype=compute)
+    # Outside XLA, "philox" is what the default picks, so the numbers are
+    # the same; inside XLA the default is ThreeFry, many times slower on CPU.
+    eps = tf.random.stateless_normal(
+        shape, seed=seed, dtype=compute, alg="philox"
+    )
     std = tf.exp(0.5 * lv)
     z = mu + std * eps
     kl = 0.5 * tf.reduce_sum(tf.exp(lv) + tf.square(mu) - 1.0 - lv, axis=-1)
