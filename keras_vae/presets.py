@@ -1,0 +1,119 @@
+"""Architecture presets: encoder and decoder networks for image VAEs.
+
+Each preset builds an encoder mapping images to `[mean, log_var]` of q(z|x)
+and a decoder mapping latent codes to the logits of a Bernoulli distribution
+over the pixels, shaped like the images.
+"""
+
+import numpy as np
+
+import keras
+
+from keras_vae.layers import GaussianEncoderHead
+
+PRESETS = ("mlp", "conv")
+DEFAULT_LATENT_DIMS = {"mlp": 50, "conv": 16}
+# Bounds on the training mean before taking its logit, so that pixels that
+# are always 0 (or 1) in the training set get a large but finite bias.
+_MEAN_CLIP = 1e-3
+
+
+def build(preset, image_shape, latent_dim=None, train_mean=None):
+    """Builds `(encoder, decoder)` for the named preset.
+
+    Args:
+        preset: `"mlp"`: the one-stochastic-layer model of Burda et al.
+            (2015), two tanh hidden layers of 200 units on each side;
+            `"conv"`: two stride-2 convolutions each side, for images whose
+            height and width divide by 4.
+        image_shape: shape of one image, e.g. `(28, 28, 1)`.
+        latent_dim: dimension of z; defaults to 50 for `mlp` (as in the
+            paper) and 16 for `conv`.
+        train_mean: per-pixel mean of the training images, shaped like an
+            image; the decoder's output bias starts at its logit, so that the
+            untrained decoder predicts the average image. `None` leaves zeros.
+
+    Returns:
+        `(encoder, decoder)`, two functional `keras.Model`s.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    image_shape = tuple(int(d) for d in image_shape)
+    if latent_dim is None:
+        latent_dim = DEFAULT_LATENT_DIMS[preset]
+    if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
+        raise ValueError(
+            f"latent_dim must be a positive integer, got {latent_dim!r}"
+        )
+    latent_dim = int(latent_dim)
+    if preset == "mlp":
+        encoder, decoder = _mlp(image_shape, latent_dim)
+    else:
+        encoder, decoder = _conv(image_shape, latent_dim)
+    if train_mean is not None:
+        train_mean = np.asarray(train_mean, dtype=np.float64)
+        if train_mean.shape != image_shape:
+            raise ValueError(
+                f"train_mean has shape {train_mean.shape}, expected the "
+                f"image shape {image_shape}"
+            )
+        bias = decoder.get_layer("logits").bias
+        if bias.shape[0] != train_mean.size:
+            # A convolutional output has one bias per channel.
+            train_mean = train_mean.reshape(-1, bias.shape[0]).mean(axis=0)
+        mean = np.clip(train_mean.reshape(-1), _MEAN_CLIP, 1 - _MEAN_CLIP)
+        bias.assign((np.log(mean) - np.log1p(-mean)).astype(bias.dtype))
+    return encoder, decoder
+
+
+def _mlp(image_shape, latent_dim, hidden=(200, 200)):
+    images = keras.Input(image_shape, name="images")
+    h = keras.layers.Flatten()(images)
+    for i, units in enumerate(hidden):
+        h = keras.layers.Dense(units, activation="tanh", name=f"hidden_{i}")(h)
+    mean, log_var = GaussianEncoderHead(latent_dim, name="posterior")(h)
+    encoder = keras.Model(images, [mean, log_var], name="encoder")
+
+    z = keras.Input((latent_dim,), name="z")
+    h = z
+    for i, units in enumerate(reversed(hidden)):
+        h = keras.layers.Dense(units, activation="tanh", name=f"hidden_{i}")(h)
+    logits = keras.layers.Dense(int(np.prod(image_shape)), name="logits")(h)
+    logits = keras.layers.Reshape(image_shape)(logits)
+    decoder = keras.Model(z, logits, name="decoder")
+    return encoder, decoder
+
+
+def _conv(image_shape, latent_dim, filters=(32, 64), dense_units=256):
+    if len(image_shape) != 3 or image_shape[0] % 4 or image_shape[1] % 4:
+        raise ValueError(
+            "the conv preset needs images of shape (height, width, channels) "
+            f"with height and width divisible by 4, got {image_shape}"
+        )
+    images = keras.Input(image_shape, name="images")
+    h = images
+    for i, f in enumerate(filters):
+        h = keras.layers.Conv2D(
+            f, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}"
+        )(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(dense_units, activation="relu", name="dense")(h)
+    mean, log_var = GaussianEncoderHead(latent_dim, name="posterior")(h)
+    encoder = keras.Model(images, [mean, log_var], name="encoder")
+
+    height, width, channels = image_shape
+    z = keras.Input((latent_dim,), name="z")
+    h = keras.layers.Dense(dense_units, activation="relu", name="dense")(z)
+    h = keras.layers.Dense(
+        (height // 4) * (width // 4) * filters[-1], activation="relu",
+        name="dense_to_maps",
+    )(h)
+    h = keras.layers.Reshape((height // 4, width // 4, filters[-1]))(h)
+    for i, f in enumerate(reversed(filters)):
+        h = keras.layers.Conv2DTranspose(
+            f, 3, strides=2, padding="same", activation="relu",
+            name=f"deconv_{i}",
+        )(h)
+    logits = keras.layers.Conv2D(channels, 3, padding="same", name="logits")(h)
+    decoder = keras.Model(z, logits, name="decoder")
+    return encoder, decoder
