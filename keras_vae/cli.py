@@ -456,8 +456,9 @@ def evaluate_arrays(model, x, iwae_ks=(1, 5, 50), elbo_samples=1,
         columns["elbo"].append(model.elbo(batch, num_samples=elbo_samples))
         for k in iwae_ks:
             columns[f"iwae_{k}"].append(model.iwae_bound(batch, num_samples=k))
+        # One progress bar, over examples: none of its own per chunk.
         columns["log_likelihood"].append(model.log_likelihood(
-            batch, num_samples=ll_samples, batch_size=batch_size))
+            batch, num_samples=ll_samples, batch_size=batch_size, verbose=0))
         progress.add(len(batch))
 
     def summary(values):
