@@ -8,7 +8,7 @@ STAMP_BUILD := $(VENV)/.op-built
 SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*') CMakeLists.txt setup.py pyproject.toml
 SANITIZE_DIR := build/sanitize
 
-.PHONY: all venv build demo test bench clean sanitize
+.PHONY: all venv build demo results test bench clean sanitize
 
 all: build
 
@@ -38,6 +38,25 @@ demo: build
 		--objective iwae -k 5 --epochs 300 --batch-size 100 \
 		--lr-schedule cosine --verbose 2 --output $(DEMO_DIR)
 	$(PY) -m keras_vae evaluate $(DEMO_DIR)
+
+# RESULTS.md: VAE k=1, VAE k=50 and IWAE k=50 on Fashion-MNIST (dynamic
+# binarization, the mlp preset), the same number of epochs each, evaluated
+# with 5000 importance samples. Needs the IDX files, e.g. from Debian's
+# dataset-fashion-mnist package.
+RESULTS_DIR := runs/results
+RESULTS_EPOCHS := 10
+RESULTS_TEST := 1000
+RESULTS_RUNS := vae-k1:elbo:1 vae-k50:elbo:50 iwae-k50:iwae:50
+results: build
+	set -e; for run in $(RESULTS_RUNS); do \
+		name=$${run%%:*}; rest=$${run#*:}; objective=$${rest%%:*}; k=$${rest#*:}; \
+		$(PY) -m keras_vae train --dataset fashion_mnist --preset mlp \
+			--objective $$objective -k $$k --epochs $(RESULTS_EPOCHS) \
+			--batch-size 100 --seed 0 --verbose 2 \
+			--output $(RESULTS_DIR)/$$name; \
+		$(PY) -m keras_vae evaluate $(RESULTS_DIR)/$$name \
+			--limit $(RESULTS_TEST) --ll-samples 5000 --verbose 0; \
+	done
 
 test: build sanitize
 	$(PY) -m pytest tests -q
