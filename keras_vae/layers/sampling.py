@@ -91,8 +91,7 @@ class Sampling(SavesSeedState, keras.layers.Layer):
     sequence of draws. Inside an XLA-compiled function (`jit_compile=True`)
     the pure-TensorFlow reference implementation runs instead of the
     compiled op. Without a GPU the layer declares `supports_jit=False`, so
-    that Keras runs it on the faster compiled op (see
-    `keras_jit_supported`).
+    that Keras runs it on the compiled op (see `keras_jit_supported`).
 
     Args:
         num_samples: `None` for one sample per input with no sample axis, or
