@@ -55,7 +55,8 @@ results: build
 			--batch-size 100 --seed 0 --verbose 2 \
 			--output $(RESULTS_DIR)/$$name; \
 		$(PY) -m keras_vae evaluate $(RESULTS_DIR)/$$name \
-			--limit $(RESULTS_TEST) --ll-samples 5000 --verbose 0; \
+			--limit $(RESULTS_TEST) --ll-samples 5000 --verbose 0 \
+			--per-example $(RESULTS_DIR)/$$name/per_example.npz; \
 	done
 
 test: build sanitize

@@ -175,6 +175,9 @@ def build_parser():
                           "metrics.json (under 'evaluation') for a run "
                           "directory, else standard output")
     evaluate.add_argument("--verbose", type=int, choices=(0, 1), default=1)
+    evaluate.add_argument("--per-example",
+                          help="also save each example's values (.npz), for "
+                          "paired comparisons between models")
 
     sample = commands.add_parser("sample", help="images from a saved model")
     sample.add_argument("model", help="a run directory or a .keras file")
@@ -396,6 +399,11 @@ def evaluate(args):
         seed=args.seed,
         verbose=args.verbose,
     )
+    per_example = results.pop("per_example")
+    if args.per_example:
+        import numpy as np
+
+        np.savez(args.per_example, **per_example)
     results = {
         "model": model_file,
         "dataset": data_config["dataset"],
@@ -435,7 +443,8 @@ def evaluate_arrays(model, x, iwae_ks=(1, 5, 50), elbo_samples=1,
     IWAE bounds at each K, the log-likelihood estimate (the IWAE bound at
     `ll_samples`, Burda et al. 2015) and the KL, and the number of active
     units: latent dimensions whose posterior mean varies over `x` with
-    variance above 0.01 (Burda et al. 2015, section 5.2).
+    variance above 0.01 (Burda et al. 2015, section 5.2). `"per_example"`
+    holds each example's values, as NumPy arrays.
     """
     import keras
     import numpy as np
@@ -461,21 +470,27 @@ def evaluate_arrays(model, x, iwae_ks=(1, 5, 50), elbo_samples=1,
             batch, num_samples=ll_samples, batch_size=batch_size, verbose=0))
         progress.add(len(batch))
 
-    def summary(values):
-        values = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1)
-                                 for v in values])
+    per_example = {
+        name: np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1)
+                              for v in values])
+        for name, values in columns.items()
+    }
+
+    def summary(name):
+        values = per_example[name]
         return {"mean": float(values.mean()),
                 "stderr": float(values.std(ddof=1) / np.sqrt(len(values)))
                 if len(values) > 1 else float("nan")}
 
     posterior_mean_variance = np.concatenate(means).var(axis=0)
     return {
+        "per_example": per_example,
         "num_examples": int(len(x)),
-        "elbo": {**summary(columns["elbo"]), "num_samples": elbo_samples},
-        "iwae": {str(k): summary(columns[f"iwae_{k}"]) for k in iwae_ks},
-        "log_likelihood": {**summary(columns["log_likelihood"]),
+        "elbo": {**summary("elbo"), "num_samples": elbo_samples},
+        "iwae": {str(k): summary(f"iwae_{k}") for k in iwae_ks},
+        "log_likelihood": {**summary("log_likelihood"),
                            "num_samples": ll_samples},
-        "kl": summary(columns["kl"]),
+        "kl": summary("kl"),
         "active_units": int(np.sum(posterior_mean_variance > 0.01)),
         "latent_dim": int(len(posterior_mean_variance)),
         "posterior_mean_variance": posterior_mean_variance.tolist(),

@@ -105,13 +105,18 @@ def test_evaluate_arrays_against_the_model_methods(run_dir):
 
 
 def test_evaluate_output_file_and_split(run_dir, tmp_path):
-    out = tmp_path / "eval.json"
+    out, npz = tmp_path / "eval.json", tmp_path / "each.npz"
     assert cli.main(["evaluate", str(run_dir / "model.keras"), "--dataset",
                      "digits", "--split", "validation", "--limit", "10",
                      "--ll-samples", "5", "--iwae-k", "2", "--verbose", "0",
-                     "--output", str(out)]) == 0
+                     "--output", str(out), "--per-example", str(npz)]) == 0
     result = json.loads(out.read_text())
     assert result["split"] == "validation" and result["num_examples"] == 10
+    each = np.load(npz)
+    assert set(each.files) == {"elbo", "log_likelihood", "kl", "iwae_2"}
+    for name in ("elbo", "log_likelihood", "kl"):
+        assert each[name].shape == (10,)
+        assert each[name].mean() == pytest.approx(result[name]["mean"])
 
 
 def test_sample_writes_images(run_dir, tmp_path):
