@@ -20,7 +20,7 @@ def tile(images, rows, columns):
     """Tiles `rows * columns` images `[N, H, W(, C)]` into one image array.
 
     Images are laid out row by row with a one-pixel gap; missing cells stay
-    blank. Flat images (`[N, P]` with P a square) are shown as squares.
+    mid-grey. Flat images (`[N, P]` with P a square) are shown as squares.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 2:
@@ -38,9 +38,11 @@ def tile(images, rows, columns):
             f"{len(images)} images do not fit in {rows}x{columns} cells"
         )
     height, width = images.shape[1:3]
-    canvas = np.ones(
+    # Mid-grey gaps separate cells of both black and white images.
+    canvas = np.full(
         (rows * (height + 1) - 1, columns * (width + 1) - 1)
         + images.shape[3:],
+        0.5,
         dtype=np.float32,
     )
     for i, image in enumerate(images):
