@@ -45,7 +45,6 @@ demo: build
 # dataset-fashion-mnist package.
 RESULTS_DIR := runs/results
 RESULTS_EPOCHS := 10
-RESULTS_TEST := 1000
 RESULTS_RUNS := vae-k1:elbo:1 vae-k50:elbo:50 iwae-k50:iwae:50
 results: build
 	set -e; for run in $(RESULTS_RUNS); do \
@@ -55,9 +54,10 @@ results: build
 			--batch-size 100 --seed 0 --verbose 2 \
 			--output $(RESULTS_DIR)/$$name; \
 		$(PY) -m keras_vae evaluate $(RESULTS_DIR)/$$name \
-			--limit $(RESULTS_TEST) --ll-samples 5000 --verbose 0 \
+			--ll-samples 5000 --verbose 0 \
 			--per-example $(RESULTS_DIR)/$$name/per_example.npz; \
 	done
+	$(PY) -m benchmarks.results_table $(RESULTS_DIR)
 
 test: build sanitize
 	$(PY) -m pytest tests -q
