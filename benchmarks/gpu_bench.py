@@ -32,15 +32,17 @@ SECTION = "## GPU (CUDA)"
 
 def load_kernels():
     """keras_vae._kernels, from its file when keras_vae (which imports
-    TensorFlow) cannot be imported."""
+    TensorFlow) cannot be imported; None when it was not built."""
     try:
         from keras_vae import _kernels
 
         return _kernels
     except ImportError:
         root = os.path.join(os.path.dirname(__file__), "..", "keras_vae")
-        path = glob.glob(os.path.join(root, "_kernels*.so"))[0]
-        spec = importlib.util.spec_from_file_location("_kernels", path)
+        paths = glob.glob(os.path.join(root, "_kernels*.so"))
+        if not paths:
+            return None
+        spec = importlib.util.spec_from_file_location("_kernels", paths[0])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -205,7 +207,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         parser.error("no CUDA device is visible to PyTorch")
     kernels = load_kernels()
-    if not kernels.build_info()["cuda"]:
+    if kernels is None or not kernels.build_info()["cuda"]:
         parser.error("keras_vae._kernels was built without CUDA")
     rows = [bench_shape(kernels, b, d, k, args.calls, args.repeats)
             for b, d, k in SHAPES]

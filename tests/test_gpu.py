@@ -7,41 +7,15 @@ CUDA image that has only PyTorch/CuPy and the module built with
 ``-DKERAS_VAE_BUILD_TF_OP=OFF``.
 """
 
-import glob
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 
-
-def _load_kernels():
-    """keras_vae._kernels, loaded from its file when keras_vae (which imports
-    TensorFlow) cannot be imported."""
-    try:
-        from keras_vae import _kernels
-
-        return _kernels
-    except ImportError:
-        package = os.path.join(os.path.dirname(__file__), "..", "keras_vae")
-        paths = glob.glob(os.path.join(package, "_kernels*.so"))
-        if not paths:
-            return None
-        spec = importlib.util.spec_from_file_location("_kernels", paths[0])
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+from benchmarks.gpu_bench import load_kernels
 
 
-_kernels = _load_kernels()
+_kernels = load_kernels()
 if _kernels is None or not _kernels.build_info()["cuda"]:
     pytest.skip("keras_vae._kernels was built without CUDA", allow_module_level=True)
-
-
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    """Overrides conftest's: nothing here builds Keras state."""
-    yield
 
 
 # --- An independent NumPy oracle of the noise layout (reparam_kl.h) ---------
