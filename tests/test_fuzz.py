@@ -38,12 +38,6 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _clear_keras_session():
-    """Overrides conftest's: no Keras state is built here."""
-    yield
-
-
 @st.composite
 def op_arguments(draw, allow_nonfinite=False, log_var_bound=12.0):
     """(mean, log_var, num_samples, seed, stop, dtype name) for one call."""
