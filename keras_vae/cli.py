@@ -225,14 +225,27 @@ def _check_data_arguments(parser, args):
         parser.error("--npz is only for --dataset npz")
 
 
-def _data_config(args):
-    return {
+# What the data options mean when neither the command line nor a run sets them.
+DATA_DEFAULTS = {"dataset": "digits", "binarize": "dynamic", "scale": True,
+                 "validation_fraction": 0.1}
+
+
+def _data_config(args, fallback=None):
+    """The data options: those given, else `fallback`'s (a run's), else the
+    defaults."""
+    given = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "npz": args.npz,
         "binarize": args.binarize,
-        "scale": True if args.scale is None else args.scale,
+        "scale": args.scale,
         "validation_fraction": args.validation_fraction,
+    }
+    fallback = fallback or {}
+    return {
+        key: fallback.get(key, DATA_DEFAULTS.get(key)) if value is None
+        else value
+        for key, value in given.items()
     }
 
 
@@ -372,12 +385,7 @@ def evaluate(args):
         if os.path.isfile(metrics_path):
             with open(metrics_path) as f:
                 run_config = json.load(f).get("config", {})
-    data_config = _data_config(args)
-    defaults = {"dataset": "digits", "binarize": "dynamic", "scale": True,
-                "validation_fraction": 0.1}
-    for key, value in data_config.items():
-        if args.scale is None and key == "scale" or value is None:
-            data_config[key] = run_config.get(key, defaults.get(key))
+    data_config = _data_config(args, fallback=run_config)
     if data_config["dataset"] == "npz" and not data_config["npz"]:
         sys.exit("error: --dataset npz needs --npz FILE")
     data = _load_data(data_config, args.batch_size,
@@ -444,30 +452,39 @@ def evaluate_arrays(model, x, iwae_ks=(1, 5, 50), elbo_samples=1,
     `ll_samples`, Burda et al. 2015) and the KL, and the number of active
     units: latent dimensions whose posterior mean varies over `x` with
     variance above 0.01 (Burda et al. 2015, section 5.2). `"per_example"`
-    holds each example's values, as NumPy arrays.
+    holds each example's values, as NumPy arrays. `seed` makes the Monte
+    Carlo estimates reproducible.
     """
     import keras
     import numpy as np
 
-    from keras_vae import ops
+    from keras_vae import bounds
 
     columns = {"elbo": [], "log_likelihood": [], "kl": []}
     columns.update({f"iwae_{k}": [] for k in iwae_ks})
     means = []
+    seeds = np.random.default_rng(seed)
+
+    def next_seed():
+        return int(seeds.integers(2**31))
+
     progress = keras.utils.Progbar(len(x), verbose=verbose,
                                    unit_name="example")
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
         mean, log_var = model.encode(batch)
-        _, kl, _ = ops.reparameterize_kl(mean, log_var, seed=[seed, start])
         means.append(np.asarray(mean))
-        columns["kl"].append(kl)
-        columns["elbo"].append(model.elbo(batch, num_samples=elbo_samples))
+        columns["kl"].append(
+            np.sum(np.asarray(bounds.kl_per_dimension(mean, log_var)), axis=-1))
+        columns["elbo"].append(
+            model.elbo(batch, num_samples=elbo_samples, seed=next_seed()))
         for k in iwae_ks:
-            columns[f"iwae_{k}"].append(model.iwae_bound(batch, num_samples=k))
+            columns[f"iwae_{k}"].append(
+                model.iwae_bound(batch, num_samples=k, seed=next_seed()))
         # One progress bar, over examples: none of its own per chunk.
         columns["log_likelihood"].append(model.log_likelihood(
-            batch, num_samples=ll_samples, batch_size=batch_size, verbose=0))
+            batch, num_samples=ll_samples, batch_size=batch_size,
+            seed=next_seed(), verbose=0))
         progress.add(len(batch))
 
     per_example = {

@@ -102,6 +102,16 @@ def test_evaluate_arrays_against_the_model_methods(run_dir):
     means = np.asarray(mean)
     np.testing.assert_allclose(result["posterior_mean_variance"],
                                means.var(axis=0), rtol=1e-5)
+    # The seed fixes the Monte Carlo estimates, and only the seed does.
+    again = cli.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
+                                batch_size=7, verbose=0)
+    other = cli.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
+                                batch_size=7, seed=1, verbose=0)
+    for name in ("elbo", "iwae_2", "log_likelihood"):
+        np.testing.assert_array_equal(result["per_example"][name],
+                                      again["per_example"][name])
+        assert not np.array_equal(result["per_example"][name],
+                                  other["per_example"][name])
 
 
 def test_evaluate_output_file_and_split(run_dir, tmp_path):
