@@ -43,6 +43,7 @@ setup(
     packages=find_packages(include=["keras_vae", "keras_vae.*"]),
     ext_modules=[
         CMakeExtension("keras_vae._reparam_kl_ops"),
+        CMakeExtension("keras_vae._reparam_kl_xla"),
         CMakeExtension("keras_vae._kernels"),
     ],
     cmdclass={"build_ext": CMakeBuild},

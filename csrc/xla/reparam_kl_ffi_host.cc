@@ -1,0 +1,148 @@
+// The Host handlers: the CPU kernels on XLA:CPU's intra-op thread pool.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+
+#include "cpu/reparam_kl_cpu.h"
+#include "xla/ffi_call.h"
+#include "xla/reparam_kl_ffi.h"
+
+namespace keras_vae {
+namespace xla_ffi {
+namespace {
+
+// Work below this many estimated cycles runs on the calling thread.
+constexpr int64_t kMinCyclesPerShard = 100000;
+
+// Shards claimed from a shared counter. The calling thread claims shards too
+// and waits only for shards other threads have claimed (and so are running):
+// it never waits on a task the pool has not started, which could deadlock a
+// pool whose threads are all busy. A task that starts after the work is done
+// claims nothing and exits.
+struct ShardQueue {
+  const std::function<void(int64_t, int64_t)>* fn;
+  int64_t total, shards;
+  std::atomic<int64_t> next{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  int64_t done = 0;  // guarded by mu
+
+  void run() {
+    for (int64_t s; (s = next.fetch_add(1)) < shards;) {
+      (*fn)(total * s / shards, total * (s + 1) / shards);
+      std::lock_guard<std::mutex> lock(mu);
+      if (++done == shards) cv.notify_all();
+    }
+  }
+};
+
+cpu::ParallelFor pool_for(ffi::ThreadPool pool) {
+  return [pool](int64_t total, int64_t cost_per_unit,
+                const std::function<void(int64_t, int64_t)>& fn) mutable {
+    const int64_t helpers = std::max<int64_t>(0, pool.num_threads() - 1);
+    const int64_t by_cost = total * std::max<int64_t>(1, cost_per_unit) /
+                            kMinCyclesPerShard;
+    const int64_t shards =
+        std::min({total, by_cost, (helpers + 1) * 4});
+    if (shards <= 1) return cpu::serial_for(total, cost_per_unit, fn);
+    auto queue = std::make_shared<ShardQueue>();
+    queue->fn = &fn;
+    queue->total = total;
+    queue->shards = shards;
+    for (int64_t h = 0; h < std::min(helpers, shards - 1); ++h) {
+      pool.Schedule([queue] { queue->run(); });
+    }
+    queue->run();
+    std::unique_lock<std::mutex> lock(queue->mu);
+    queue->cv.wait(lock, [&] { return queue->done == queue->shards; });
+  };
+}
+
+uint64_t seed_word(ffi::AnyBuffer seed, int i) {
+  return static_cast<uint64_t>(data<int64_t>(seed)[i]);
+}
+
+ffi::Error forward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
+                        ffi::AnyBuffer log_var, ffi::AnyBuffer seed,
+                        ffi::Result<ffi::AnyBuffer> z,
+                        ffi::Result<ffi::AnyBuffer> kl,
+                        ffi::Result<ffi::AnyBuffer> log_ratio) {
+  ReparamShape shape;
+  if (auto e = parse_shape(mean, log_var, seed, *z, "z", &shape); e.failure())
+    return e;
+  if (auto e = check_outputs(mean, shape.num_samples, *z, "z", *kl, "kl",
+                             *log_ratio, "log_ratio");
+      e.failure())
+    return e;
+  if (z->element_count() == 0 && kl->element_count() == 0) {
+    return ffi::Error::Success();
+  }
+  const PhiloxStream stream = stream_from_seed(seed_word(seed, 0),
+                                               seed_word(seed, 1));
+  return with_float_type(mean.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::reparam_kl_forward<T>(shape, data<T>(mean), data<T>(log_var), stream,
+                               data<T>(*z), data<T>(*kl),
+                               data<T>(*log_ratio), pool_for(pool));
+    return ffi::Error::Success();
+  });
+}
+
+ffi::Error backward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
+                         ffi::AnyBuffer log_var, ffi::AnyBuffer seed,
+                         ffi::AnyBuffer grad_z, ffi::AnyBuffer grad_kl,
+                         ffi::AnyBuffer grad_log_ratio, bool stop_params,
+                         ffi::Result<ffi::AnyBuffer> grad_mean,
+                         ffi::Result<ffi::AnyBuffer> grad_log_var) {
+  ReparamShape shape;
+  if (auto e = parse_shape(mean, log_var, seed, grad_z, "grad_z", &shape);
+      e.failure())
+    return e;
+  if (auto e = check_outputs(mean, shape.num_samples, grad_z, "grad_z",
+                             grad_kl, "grad_kl", grad_log_ratio,
+                             "grad_log_ratio");
+      e.failure())
+    return e;
+  if (mean.element_count() == 0) return ffi::Error::Success();
+  const PhiloxStream stream = stream_from_seed(seed_word(seed, 0),
+                                               seed_word(seed, 1));
+  return with_float_type(mean.element_type(), [&](auto tag) {
+    using T = decltype(tag);
+    cpu::reparam_kl_backward<T>(
+        shape, data<T>(mean), data<T>(log_var), stream, data<T>(grad_z),
+        data<T>(grad_kl), data<T>(grad_log_ratio), stop_params,
+        data<T>(*grad_mean), data<T>(*grad_log_var), pool_for(pool));
+    return ffi::Error::Success();
+  });
+}
+
+}  // namespace
+}  // namespace xla_ffi
+}  // namespace keras_vae
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    KerasVaeReparamKlForwardHost, keras_vae::xla_ffi::forward_host,
+    ::xla::ffi::Ffi::Bind()
+        .Ctx<::xla::ffi::ThreadPool>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Ret<::xla::ffi::AnyBuffer>()
+        .Ret<::xla::ffi::AnyBuffer>()
+        .Ret<::xla::ffi::AnyBuffer>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    KerasVaeReparamKlBackwardHost, keras_vae::xla_ffi::backward_host,
+    ::xla::ffi::Ffi::Bind()
+        .Ctx<::xla::ffi::ThreadPool>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Arg<::xla::ffi::AnyBuffer>()
+        .Attr<bool>(keras_vae::xla_ffi::kStopAttr)
+        .Ret<::xla::ffi::AnyBuffer>()
+        .Ret<::xla::ffi::AnyBuffer>());
