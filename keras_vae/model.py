@@ -12,7 +12,6 @@ from keras_vae import ops as vae_ops
 from keras_vae.layers.sampling import SavesSeedState
 from keras_vae.layers.sampling import check_implementation
 from keras_vae.layers.sampling import check_num_samples
-from keras_vae.layers.sampling import keras_jit_supported
 from keras_vae.layers.sampling import next_seed
 
 OBJECTIVES = ("elbo", "iwae")
@@ -54,10 +53,8 @@ class VAE(SavesSeedState, keras.Model):
       normalized weights), the decoder the standard IWAE gradient.
 
     Inside an XLA-compiled step (`jit_compile=True`, the default on GPUs) the
-    op's pure-TensorFlow reference implementation runs. Without a GPU the
-    model declares `supports_jit=False`: Keras then trains it without XLA,
-    on the compiled op, which measured level with XLA on CPU and keeps the
-    documented noise (README, "XLA").
+    op lowers to the same compiled kernels, so the step draws the same noise
+    with or without XLA (README, "XLA").
 
     Args:
         encoder: a model mapping x to `(mean, log_var)`, each `[B, D]`, e.g.
@@ -175,7 +172,6 @@ class VAE(SavesSeedState, keras.Model):
         self.seed = seed
         self.implementation = implementation
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_jit = keras_jit_supported()
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bound_tracker = keras.metrics.Mean(name=objective)

@@ -9,11 +9,14 @@ per-sample ``log q(z|x) - log p(z)``:
 
 Reproducibility contract: the noise ``eps`` equals
 ``tf.random.stateless_normal([num_samples, *mean.shape], seed=seed)`` (in
-float64 for float64 inputs, float32 otherwise) outside XLA. Under XLA the
-reference implementation runs, and XLA's own generator gives other numbers.
+float64 for float64 inputs, float32 otherwise), inside XLA-compiled functions
+too: there the op lowers to a typed-FFI custom call to the same kernels.
+Only the pure-TensorFlow reference, which runs where the compiled libraries
+are missing, draws XLA's own numbers under XLA.
 """
 
 import importlib.machinery
+import json
 import os
 import warnings
 
@@ -26,6 +29,7 @@ __all__ = [
     "reparameterize_kl",
     "reparameterize_kl_reference",
     "fused_available",
+    "fused_xla_available",
     "build_info",
     "IMPLEMENTATIONS",
 ]
@@ -34,30 +38,67 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _LIBRARY_STEM = "_reparam_kl_ops"
+_XLA_LIBRARY_STEM = "_reparam_kl_xla"
+_BUILD_CONFIG = "_build_config.json"
 _REBUILD_HINT = (
     "Rebuild it with `make build` in a source checkout, or "
     "`pip install --no-build-isolation .` with TensorFlow installed."
 )
 
 
-def _load_library():
-    """Loads the op library from this package's directory, and only there."""
-    candidates = [
-        os.path.join(_PACKAGE_DIR, _LIBRARY_STEM + suffix)
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES
-    ]
-    existing = [p for p in candidates if os.path.exists(p)]
-    if not existing:
-        return None, f"{_LIBRARY_STEM}*.so was not found in {_PACKAGE_DIR}."
-    path = existing[0]
+def _library_path(stem):
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(_PACKAGE_DIR, stem + suffix)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _version_mismatch():
+    """Why the libraries were built for another TensorFlow, or None.
+
+    The build records the TensorFlow it compiled against; a library built
+    for another version may load and then crash, so it is not loaded.
+    """
+    try:
+        with open(os.path.join(_PACKAGE_DIR, _BUILD_CONFIG)) as f:
+            built_for = json.load(f)["tensorflow"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if built_for != tf.__version__:
+        return (
+            f"The compiled op was built against TensorFlow {built_for}, but "
+            f"TensorFlow {tf.__version__} is installed."
+        )
+    return None
+
+
+def _load(stem):
+    """Loads one op library from this package's directory, and only there."""
+    path = _library_path(stem)
+    if path is None:
+        return None, f"{stem}*.so was not found in {_PACKAGE_DIR}."
     try:
         return tf.load_op_library(path), None
     except (tf.errors.NotFoundError, OSError) as e:
         return None, f"{path} could not be loaded: {e}"
 
 
-_library, _load_error = _load_library()
+def _load_libraries():
+    """The op library and, loaded after it, its XLA lowerings."""
+    mismatch = _version_mismatch()
+    if mismatch:
+        return None, mismatch, None, mismatch
+    library, error = _load(_LIBRARY_STEM)
+    if library is None:
+        return None, error, None, error
+    xla_library, xla_error = _load(_XLA_LIBRARY_STEM)
+    return library, None, xla_library, xla_error
+
+
+_library, _load_error, _xla_library, _xla_load_error = _load_libraries()
 _warned_fallback = False
+_warned_xla_fallback = False
 
 
 def fused_available():
@@ -65,12 +106,20 @@ def fused_available():
     return _library is not None
 
 
+def fused_xla_available():
+    """Whether the op's XLA lowerings are loaded, so that XLA-compiled
+    functions run the compiled kernels too."""
+    return _xla_library is not None
+
+
 def build_info():
     """What the compiled library was built with.
 
     Returns:
-        A dict with ``"cpu"``, ``"cuda"`` (bools), ``"cuda_architectures"``
-        and ``"loaded"``; ``"error"`` says why when the library is not loaded.
+        A dict with ``"cpu"``, ``"cuda"`` (bools), ``"cuda_architectures"``,
+        ``"loaded"`` and ``"xla"`` (the XLA lowerings loaded); ``"error"``
+        (``"xla_error"``) says why when the library (the lowerings) did not
+        load.
     """
     info = {"cpu": False, "cuda": False, "cuda_architectures": ""}
     try:
@@ -80,8 +129,11 @@ def build_info():
     except ImportError:
         pass
     info["loaded"] = fused_available()
+    info["xla"] = fused_xla_available()
     if _load_error:
         info["error"] = _load_error
+    elif _xla_load_error:
+        info["xla_error"] = _xla_load_error
     return info
 
 
@@ -96,6 +148,29 @@ def _warn_fallback_once():
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def _warn_xla_fallback_once(reason):
+    global _warned_xla_fallback
+    if not _warned_xla_fallback:
+        _warned_xla_fallback = True
+        warnings.warn(
+            "keras_vae: inside XLA-compiled functions the pure TensorFlow "
+            f"reference implementation runs, with XLA's own noise: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _xla_unavailable_reason():
+    """Why the compiled kernels cannot run inside XLA here, or None."""
+    if not fused_available():
+        return None  # the general fallback warning says it
+    if not fused_xla_available():
+        return f"the op's XLA lowerings are not loaded. {_xla_load_error}"
+    if tf.config.list_physical_devices("GPU") and not build_info()["cuda"]:
+        return "this build has no CUDA kernels to lower to on the GPU."
+    return None
 
 
 def in_xla_context():
@@ -223,16 +298,17 @@ def reparameterize_kl(
             Half types are computed in float32 and returned in their dtype.
         log_var: tensor of the shape and dtype of `mean`.
         num_samples: K, the samples drawn per input; an int >= 1 or an
-            int32 scalar tensor.
+            int32 scalar tensor (a compile-time constant inside XLA, since
+            it sets the shape of `z`).
         seed: shape-`[2]` int32/int64 tensor. The op is stateless: the same
             seed gives the same outputs. `None` draws one from TensorFlow's
             global generator.
         stop_log_ratio_param_grad: stop the gradient through `mean` and
             `log_var` inside `log_ratio`'s log q term while keeping the path
             through `z`: the "sticking the landing" and DReG estimators.
-        implementation: `"fused"` (the compiled op), `"reference"` (pure
-            TensorFlow), or `"auto"`: fused unless XLA compiles the caller
-            or the library is not loaded.
+        implementation: `"fused"` (the compiled op, inside XLA too),
+            `"reference"` (pure TensorFlow), or `"auto"`: fused wherever the
+            compiled libraries are loaded, the reference elsewhere.
         name: optional name scope.
 
     Returns:
@@ -250,17 +326,18 @@ def reparameterize_kl(
         num_samples = _num_samples_tensor(num_samples)
         _check_args(mean, log_var, num_samples, seed, implementation)
 
-        in_xla = in_xla_context()
-        if implementation == "fused" and in_xla:
-            # Otherwise XLA fails later with "unsupported operations".
-            raise ValueError(
-                'implementation="fused" cannot run in an XLA-compiled '
-                "function (jit_compile=True): the compiled op has no XLA "
-                'kernel. Use implementation="auto" or "reference" there.'
-            )
-        use_fused = implementation == "fused" or (
-            implementation == "auto" and not in_xla
-        )
+        use_fused = implementation != "reference"
+        if use_fused and in_xla_context():
+            reason = _xla_unavailable_reason()
+            if reason and implementation == "fused":
+                raise ValueError(
+                    'implementation="fused" cannot run in this XLA-compiled '
+                    f"function (jit_compile=True): {reason} Use "
+                    'implementation="auto" or "reference" there.'
+                )
+            if reason:
+                _warn_xla_fallback_once(reason)
+                use_fused = False
         if use_fused and not fused_available():
             if implementation == "fused":
                 raise RuntimeError(

@@ -9,18 +9,6 @@ from keras_vae import ops as vae_ops
 MODES = ("sample", "mean")
 
 
-def keras_jit_supported():
-    """Whether layers that run the op let Keras compile them with XLA.
-
-    Inside XLA the op's reference implementation replaces the compiled op,
-    with XLA's own noise. On CPU the two measured level (README, "XLA"), so
-    without a GPU these layers declare `supports_jit=False` and Keras runs
-    them on the fused op, whose noise is `tf.random.stateless_normal`'s.
-    With a GPU, XLA stays available.
-    """
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def check_num_samples(num_samples, allow_none=False):
     """Raises ValueError unless `num_samples` is an int >= 1 (or None)."""
     if num_samples is None and allow_none:
@@ -89,9 +77,7 @@ class Sampling(SavesSeedState, keras.layers.Layer):
     `keras.random.SeedGenerator` whose state is a variable of the layer, so it
     is saved and restored with the model: a loaded model continues the same
     sequence of draws. Inside an XLA-compiled function (`jit_compile=True`)
-    the pure-TensorFlow reference implementation runs instead of the
-    compiled op. Without a GPU the layer declares `supports_jit=False`, so
-    that Keras runs it on the compiled op (see `keras_jit_supported`).
+    the op lowers to the same compiled kernels, with the same noise.
 
     Args:
         num_samples: `None` for one sample per input with no sample axis, or
@@ -146,7 +132,6 @@ class Sampling(SavesSeedState, keras.layers.Layer):
         self.add_kl_loss = bool(add_kl_loss)
         self.implementation = implementation
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_jit = keras_jit_supported()
         self.built = True
 
     def call(self, inputs):
