@@ -399,8 +399,6 @@ def test_trains_under_xla():
         dense_encoder(64, 3), dense_decoder(3, 64), num_samples=3, objective="iwae",
         gradient_estimator="dreg",
     )
-    # Without a GPU the model declines XLA (it measured slower there).
-    vae.supports_jit = True
     vae.compile(keras.optimizers.Adam(3e-3), jit_compile=True)
     assert vae.jit_compile
     history = vae.fit(digits(512), batch_size=64, epochs=3, verbose=0).history

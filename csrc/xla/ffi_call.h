@@ -56,9 +56,10 @@ inline ffi::Error parse_shape(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
     return ffi::Error::InvalidArgument(
         "mean must be f32 or f64 (16-bit types are converted by the caller)");
   }
-  if (seed.element_type() != ffi::DataType::S64 ||
+  if ((seed.element_type() != ffi::DataType::S64 &&
+       seed.element_type() != ffi::DataType::S32) ||
       !dims_equal(seed.dimensions(), {2})) {
-    return ffi::Error::InvalidArgument("seed must be s64[2], got " +
+    return ffi::Error::InvalidArgument("seed must be s64[2] or s32[2], got " +
                                        dims_string(seed.dimensions()));
   }
   if (samples.dimensions().size() < 1 || samples.dimensions()[0] < 1) {
@@ -97,6 +98,20 @@ inline ffi::Error check_outputs(ffi::AnyBuffer mean, int64_t k,
     }
   }
   return ffi::Error::Success();
+}
+
+// The seed's two words, sign-extended from s32 as TensorFlow's stateless
+// kernels do (s32 serves frontends without 64-bit integers, such as JAX by
+// default). `words` is host memory holding the seed buffer's contents.
+inline PhiloxStream stream_from_seed_words(ffi::DataType type,
+                                           const void* words) {
+  int64_t w[2];
+  for (int i = 0; i < 2; ++i) {
+    w[i] = type == ffi::DataType::S32 ? static_cast<const int32_t*>(words)[i]
+                                      : static_cast<const int64_t*>(words)[i];
+  }
+  return stream_from_seed(static_cast<uint64_t>(w[0]),
+                          static_cast<uint64_t>(w[1]));
 }
 
 // Calls f(T()) with T the storage type of `type` (checked by parse_shape).

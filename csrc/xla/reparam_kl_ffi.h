@@ -3,7 +3,8 @@
 // tf/reparam_kl_xla.cc, JAX through the capsules of the _kernels module).
 //
 // Call contract (every frontend lowers to exactly this):
-//   forward:  operands (mean [..., D], log_var [..., D], seed s64[2])
+//   forward:  operands (mean [..., D], log_var [..., D], seed s64[2] or
+//             s32[2], sign-extended)
 //             results  (z [K, ..., D], kl [...], log_ratio [K, ...])
 //   backward: operands (mean, log_var, seed, grad_z, grad_kl, grad_log_ratio)
 //             results  (grad_mean, grad_log_var), both [..., D]

@@ -19,18 +19,17 @@ ffi::Error cuda_error(cudaError_t status, const char* what) {
 // stream by value, so its 16 bytes are read back first (in stream order).
 ffi::Error read_seed(cudaStream_t stream, ffi::AnyBuffer seed,
                      PhiloxStream* out) {
-  int64_t host[2];
+  int64_t host[2];  // room for two words of either type
   if (auto e = cuda_error(cudaMemcpyAsync(host, seed.untyped_data(),
-                                          sizeof(host), cudaMemcpyDeviceToHost,
-                                          stream),
+                                          seed.size_bytes(),
+                                          cudaMemcpyDeviceToHost, stream),
                           "copying the seed");
       e.failure())
     return e;
   if (auto e = cuda_error(cudaStreamSynchronize(stream), "copying the seed");
       e.failure())
     return e;
-  *out = stream_from_seed(static_cast<uint64_t>(host[0]),
-                          static_cast<uint64_t>(host[1]));
+  *out = stream_from_seed_words(seed.element_type(), host);
   return ffi::Error::Success();
 }
 

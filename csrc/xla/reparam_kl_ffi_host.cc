@@ -60,10 +60,6 @@ cpu::ParallelFor pool_for(ffi::ThreadPool pool) {
   };
 }
 
-uint64_t seed_word(ffi::AnyBuffer seed, int i) {
-  return static_cast<uint64_t>(data<int64_t>(seed)[i]);
-}
-
 ffi::Error forward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
                         ffi::AnyBuffer log_var, ffi::AnyBuffer seed,
                         ffi::Result<ffi::AnyBuffer> z,
@@ -79,8 +75,8 @@ ffi::Error forward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
   if (z->element_count() == 0 && kl->element_count() == 0) {
     return ffi::Error::Success();
   }
-  const PhiloxStream stream = stream_from_seed(seed_word(seed, 0),
-                                               seed_word(seed, 1));
+  const PhiloxStream stream =
+      stream_from_seed_words(seed.element_type(), seed.untyped_data());
   return with_float_type(mean.element_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::reparam_kl_forward<T>(shape, data<T>(mean), data<T>(log_var), stream,
@@ -106,8 +102,8 @@ ffi::Error backward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
       e.failure())
     return e;
   if (mean.element_count() == 0) return ffi::Error::Success();
-  const PhiloxStream stream = stream_from_seed(seed_word(seed, 0),
-                                               seed_word(seed, 1));
+  const PhiloxStream stream =
+      stream_from_seed_words(seed.element_type(), seed.untyped_data());
   return with_float_type(mean.element_type(), [&](auto tag) {
     using T = decltype(tag);
     cpu::reparam_kl_backward<T>(
