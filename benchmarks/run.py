@@ -48,7 +48,7 @@ CONFIGS = {
         "repeats": 3,
         "min_sample_s": 0.005,
         "memory_sizes": latent.TARGET_SIZES[-1:],
-        "e2e_steps_per_k": {1: 20, 50: 5},
+        "e2e_steps_per_k": {1: 20, 5: 10, 50: 5},
         "e2e_batch_size": 128,
         "e2e_repeats": 3,
     },
