@@ -185,14 +185,22 @@ def test_library_loader_looks_only_in_the_package_directory():
     environment or current-directory input."""
     source = LIBRARY_LOADER.read_text()
     tree = ast.parse(source)
-    loader = next(
+    # Every function that names a file to load or read: the library path
+    # and the build record beside it.
+    for function in ("_library_path", "_version_mismatch"):
+        loader = next(
+            n for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef) and n.name == function
+        )
+        names = {n.id for n in ast.walk(loader) if isinstance(n, ast.Name)}
+        attrs = {n.attr for n in ast.walk(loader) if isinstance(n, ast.Attribute)}
+        assert "_PACKAGE_DIR" in names, function
+        assert not {"environ", "getenv", "getcwd", "cwd"} & (names | attrs)
+    load = next(
         n for n in ast.walk(tree)
-        if isinstance(n, ast.FunctionDef) and n.name == "_load_library"
+        if isinstance(n, ast.FunctionDef) and n.name == "_load"
     )
-    names = {n.id for n in ast.walk(loader) if isinstance(n, ast.Name)}
-    attrs = {n.attr for n in ast.walk(loader) if isinstance(n, ast.Attribute)}
-    assert "_PACKAGE_DIR" in names
-    assert not {"environ", "getenv", "getcwd", "cwd"} & (names | attrs)
+    assert "_library_path" in {n.id for n in ast.walk(load) if isinstance(n, ast.Name)}
     assert "os.environ" not in source and "getenv" not in source
 
 
