@@ -330,3 +330,23 @@ def test_auto_in_xla_without_lowerings_falls_back_once(xla_library_unloaded):
     assert len(runtime) == 1
     graph = run.get_concrete_function(tf.zeros([2, 3]), tf.zeros([2, 3])).graph
     assert "KerasVaeReparameterizeKl" not in {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not (tf.config.list_physical_devices("GPU") and ops.build_info()["cuda"]),
+    reason="needs a GPU that TensorFlow sees and a CUDA build",
+)
+@pytest.mark.parametrize("stop", [False, True])
+def test_xla_on_the_gpu_matches_the_cpu_kernels(stop):
+    """The CUDA handlers under XLA:GPU: the same noise as the CPU kernels,
+    to the device's float rounding (its exp, log and sincos differ)."""
+    mean, log_var = _params([64, 37], tf.float32, seed=4)
+    with tf.device("CPU:0"):
+        expected = _forward_and_gradients(mean, log_var, stop)
+    with tf.device("GPU:0"):
+        got = tf.function(_forward_and_gradients, jit_compile=True)(
+            mean, log_var, stop
+        )
+    for a, b in zip(tf.nest.flatten(got), tf.nest.flatten(expected)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)
