@@ -370,12 +370,208 @@ void matrix() {
   }
 }
 
+// --- Indexing past 2^31 -----------------------------------------------------
+
+// n elements reserved, not committed: only the pages touched cost memory.
+template <typename T>
+class SparseBuffer {
+ public:
+  explicit SparseBuffer(int64_t n) : bytes_(static_cast<size_t>(n) * sizeof(T)) {
+    void* p = mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      std::perror("mmap of a sparse test buffer");
+      std::abort();
+    }
+    data_ = static_cast<T*>(p);
+  }
+  ~SparseBuffer() { munmap(data_, bytes_); }
+  SparseBuffer(const SparseBuffer&) = delete;
+  SparseBuffer& operator=(const SparseBuffer&) = delete;
+  T* data() { return data_; }
+  T& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  size_t bytes_;
+  T* data_;
+};
+
+// The stream of flat index `first` on (first a multiple of a Philox block):
+// the CPU kernels on rows [n0, N) of one sample then draw the same noise.
+PhiloxStream skipped(PhiloxStream s, int64_t first, int per_block) {
+  s.counter = keras_vae::philox_skip(s.counter,
+                                     static_cast<uint64_t>(first / per_block));
+  return s;
+}
+
+// A grid as large as the work (nothing capped), of which only the last
+// blocks run, on sparse buffers: the rows those blocks own must equal the
+// CPU kernels' on the same rows.
+constexpr int64_t kLastBlocks = 2;
+
+simt::Device huge_device() {
+  simt::Device d;
+  d.multiprocessors = 1 << 20;
+  d.blocks_per_multiprocessor = 1 << 10;
+  return d;
+}
+
+// The first row n whose every item (k, n) lies at or past item `first_item`.
+int64_t first_full_row(int64_t first_item, int64_t per_row) {
+  return (first_item + per_row - 1) / per_row;
+}
+
+template <typename T>
+void huge_forward_case(const ReparamShape& s) {
+  ++g_cases;
+  constexpr int P = kPerBlock<T>;
+  const int64_t K = s.num_samples, N = s.rows, D = s.dim;
+  const std::string where = describe("forward", TypeInfo<T>::kName, s,
+                                     "past 2^31, last blocks");
+  const PhiloxStream stream = keras_vae::stream_from_seed(5, 6);
+  const int64_t resident = int64_t{huge_device().multiprocessors} *
+                           huge_device().blocks_per_multiprocessor;
+  const kc::LaunchPlan plan = kc::forward_plan(s, P, true, resident);
+  EXPECT(plan.threads == plan.blocks * kc::kThreadsPerBlock,
+         "%s: the grid is capped", where.c_str());
+  const int64_t rows_per_warp = kc::kWarpSize / plan.group_width;
+  const int64_t first_item = (plan.blocks - kLastBlocks) *
+                             (kc::kThreadsPerBlock / kc::kWarpSize) *
+                             rows_per_warp;
+  const int64_t n0 = first_full_row(first_item, K);
+  const int64_t rows = N - n0;
+
+  SparseBuffer<T> mean(N * D), log_var(N * D), z(K * N * D), kl(N),
+      log_ratio(K * N);
+  for (int64_t i = n0 * D; i < N * D; ++i) {
+    mean[i] = from_double<T>(pattern(i, -2.0, 2.0));
+    log_var[i] = from_double<T>(pattern(i + 1, -3.0, 1.5));
+  }
+  const T nan = from_double<T>(NAN);
+  for (int64_t n = n0; n < N; ++n) {
+    kl[n] = nan;
+    for (int64_t k = 0; k < K; ++k) {
+      log_ratio[k * N + n] = nan;
+      for (int64_t d = 0; d < D; ++d) z[(k * N + n) * D + d] = nan;
+    }
+  }
+  simt::set_device(huge_device());
+  simt::run_only_last_blocks(kLastBlocks);
+  const cudaError_t err = kc::reparam_kl_forward<T>(
+      s, mean.data(), log_var.data(), stream, z.data(), kl.data(),
+      log_ratio.data(), nullptr);
+  simt::run_only_last_blocks(0);
+  EXPECT(err == cudaSuccess, "%s: %s", where.c_str(), cudaGetErrorString(err));
+  expect_no_emulator_errors(where);
+  EXPECT(simt::last_launch().grid.x == plan.blocks, "%s: grid of %u blocks",
+         where.c_str(), simt::last_launch().grid.x);
+
+  // One sample at a time: rows [n0, N) of sample k are one contiguous range
+  // of z and of the noise.
+  const ReparamShape tail{1, rows, D};
+  for (int64_t k = 0; k < K; ++k) {
+    ForwardRun<T> got(tail, false), want(tail, false);
+    Buffer<T> tail_mean(rows * D, false), tail_log_var(rows * D, false);
+    for (int64_t i = 0; i < rows * D; ++i) {
+      tail_mean[i] = mean[n0 * D + i];
+      tail_log_var[i] = log_var[n0 * D + i];
+      got.z[i] = z[(k * N + n0) * D + i];
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      got.kl[r] = kl[n0 + r];
+      got.log_ratio[r] = log_ratio[k * N + n0 + r];
+    }
+    keras_vae::cpu::reparam_kl_forward<T>(
+        tail, tail_mean.data(), tail_log_var.data(),
+        skipped(stream, (k * N + n0) * D, P), want.z.data(), want.kl.data(),
+        want.log_ratio.data(), keras_vae::cpu::serial_for);
+    expect_forward_near(tail, tail_mean, tail_log_var, got, want,
+                        where + " sample " + std::to_string(k));
+  }
+}
+
+// K = 1, so that the gradient of rows [n0, N) is the CPU kernels' on them.
+template <typename T>
+void huge_backward_case(const ReparamShape& s) {
+  ++g_cases;
+  constexpr int P = kPerBlock<T>;
+  const int64_t N = s.rows, D = s.dim;
+  const std::string where = describe("backward", TypeInfo<T>::kName, s,
+                                     "past 2^31, last blocks");
+  const PhiloxStream stream = keras_vae::stream_from_seed(7, 8);
+  const int64_t resident = int64_t{huge_device().multiprocessors} *
+                           huge_device().blocks_per_multiprocessor;
+  const kc::LaunchPlan plan = kc::backward_plan(s, P, true, resident);
+  const int64_t chunks = (D + P - 1) / P;
+  const int64_t n0 = first_full_row(
+      (plan.blocks - kLastBlocks) * kc::kThreadsPerBlock, chunks);
+  const int64_t rows = N - n0;
+
+  SparseBuffer<T> mean(N * D), log_var(N * D), grad_z(N * D), grad_kl(N),
+      grad_log_ratio(N), grad_mean(N * D), grad_log_var(N * D);
+  const T nan = from_double<T>(NAN);
+  for (int64_t i = n0 * D; i < N * D; ++i) {
+    mean[i] = from_double<T>(pattern(i, -2.0, 2.0));
+    log_var[i] = from_double<T>(pattern(i + 1, -3.0, 1.5));
+    grad_z[i] = from_double<T>(pattern(i + 2, -1.0, 1.0));
+    grad_mean[i] = grad_log_var[i] = nan;
+  }
+  for (int64_t n = n0; n < N; ++n) {
+    grad_kl[n] = from_double<T>(pattern(n + 3, -1.0, 1.0));
+    grad_log_ratio[n] = from_double<T>(pattern(n + 4, -1.0, 1.0));
+  }
+  simt::set_device(huge_device());
+  simt::run_only_last_blocks(kLastBlocks);
+  const cudaError_t err = kc::reparam_kl_backward<T>(
+      s, mean.data(), log_var.data(), stream, grad_z.data(), grad_kl.data(),
+      grad_log_ratio.data(), false, grad_mean.data(), grad_log_var.data(),
+      nullptr);
+  simt::run_only_last_blocks(0);
+  EXPECT(err == cudaSuccess, "%s: %s", where.c_str(), cudaGetErrorString(err));
+  expect_no_emulator_errors(where);
+
+  const ReparamShape tail{1, rows, D};
+  Buffer<T> want_mean(rows * D, false), want_log_var(rows * D, false);
+  keras_vae::cpu::reparam_kl_backward<T>(
+      tail, mean.data() + n0 * D, log_var.data() + n0 * D,
+      skipped(stream, n0 * D, P), grad_z.data() + n0 * D,
+      grad_kl.data() + n0, grad_log_ratio.data() + n0, false,
+      want_mean.data(), want_log_var.data(), keras_vae::cpu::serial_for);
+  // A few terms of magnitude O(10) at most: an absolute tolerance of that.
+  const double tol = 20 * TypeInfo<T>::kTolerance;
+  int bad = 0;
+  for (int64_t i = 0; i < rows * D; ++i) {
+    const double gm = to_double(grad_mean[n0 * D + i]);
+    const double gl = to_double(grad_log_var[n0 * D + i]);
+    if ((!near(gm, to_double(want_mean[i]), 1.0, tol) ||
+         !near(gl, to_double(want_log_var[i]), 1.0, tol)) &&
+        bad++ < 3) {
+      EXPECT(false, "%s: element %lld: grad_mean %g (CPU %g), grad_log_var "
+             "%g (CPU %g)", where.c_str(), static_cast<long long>(n0 * D + i),
+             gm, to_double(want_mean[i]), gl, to_double(want_log_var[i]));
+    }
+  }
+}
+
+// 2^31, 2^33 and 2^34 elements: flat indices past int32, and at 2^34 rows
+// of one element, thread indices past uint32 (where blockIdx.x * blockDim.x
+// wraps if computed in 32 bits).
+void past_2_to_31() {
+  huge_forward_case<float>({1, int64_t{1} << 29, 4});
+  huge_backward_case<float>({1, int64_t{1} << 29, 4});
+  huge_forward_case<float>({2, int64_t{1} << 30, 4});
+  huge_backward_case<float>({1, int64_t{1} << 30, 8});
+  huge_forward_case<__half>({1, int64_t{1} << 34, 1});
+  huge_backward_case<__half>({1, int64_t{1} << 34, 1});
+}
+
 }  // namespace
 
 // Arguments: the dtypes to run (all four by default).
 int main(int argc, char** argv) {
   std::vector<std::string> types(argv + 1, argv + argc);
   if (types.empty()) types = {"float32", "float64", "float16", "bfloat16"};
+  past_2_to_31();
   for (const std::string& t : types) {
     if (t == TypeInfo<float>::kName) {
       matrix<float>();
