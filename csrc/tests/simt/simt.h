@@ -23,7 +23,8 @@
 #define KERAS_VAE_CSRC_TESTS_SIMT_SIMT_H_
 
 // Block-shared: blocks run one at a time on one host thread, so a static
-// is the one copy every thread of the running block sees.
+// is the one copy every thread of the running block sees. It is also the
+// next block's copy, which ThreadSanitizer reports as a race between blocks.
 #define __shared__ static
 // Resource limits of nvcc's code generation do not exist here.
 #define __launch_bounds__(...)
@@ -124,7 +125,7 @@ constexpr int warpSize = 32;
 
 #define KVAE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...)       \
   ::simt::launch(__FILE__, __LINE__, kernel, dim3(grid), dim3(block),     \
-                 shared_bytes, stream, __VA_ARGS__)
+                 shared_bytes, stream, ##__VA_ARGS__)
 
 // The intrinsics take their caller's source position, for the reports.
 template <typename T>

@@ -490,6 +490,14 @@ void run_grid(const Launch& launch, const std::function<void()>& body) {
     g_block = &b;
     const bool completed = run_block(b);
     g_block = nullptr;
+    if (!completed) {
+      // The abandoned threads released at the warp operation or barrier
+      // they wait at: the host is ordered after them, as after a grid.
+      for (size_t i = 0; i <= b.lanes.size() / kWarp; ++i) {
+        tsan_acquire(&b.sync[i]);
+      }
+      tsan_acquire(grid_end.get());
+    }
     free_block(b);
     if (!completed) return;
   }
