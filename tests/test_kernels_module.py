@@ -108,6 +108,30 @@ def test_backward_bad_gradient_shape():
         )
 
 
+def test_backward_checks_full_shapes_not_sizes():
+    mean = np.zeros([3, 4])
+    with pytest.raises(ValueError, match=r"grad_z must have shape \(2, 3, 4\), got \(2, 4, 3\)"):
+        _kernels.cpu_backward(
+            mean, mean, 2, 0, 0, np.zeros([2, 4, 3]), np.zeros([3]),
+            np.zeros([2, 3]),
+        )
+    with pytest.raises(ValueError, match=r"grad_log_ratio must have shape \(2, 3\), got \(3, 2\)"):
+        _kernels.cpu_backward(
+            mean, mean, 2, 0, 0, np.zeros([2, 3, 4]), np.zeros([3]),
+            np.zeros([3, 2]),
+        )
+
+
+def test_empty_last_axis_gives_zero_sums():
+    """D == 0 keeps the rows: kl and log_ratio are empty sums, all zero."""
+    z, kl, log_ratio = _kernels.cpu_forward(
+        np.zeros([3, 0]), np.zeros([3, 0]), 2, 1, 2
+    )
+    assert z.shape == (2, 3, 0)
+    np.testing.assert_array_equal(kl, np.zeros([3]))
+    np.testing.assert_array_equal(log_ratio, np.zeros([2, 3]))
+
+
 def test_build_info():
     info = _kernels.build_info()
     assert info["cpu"] is True

@@ -16,6 +16,14 @@
 #include "cuda/reparam_kl_cuda.h"
 #include "reparam_kl.h"
 
+// Every launch goes through this macro, so that this file also compiles as
+// plain C++ for the tests' CPU emulation of CUDA (csrc/tests/simt), which
+// defines it first.
+#ifndef KVAE_LAUNCH
+#define KVAE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  kernel<<<grid, block, shared_bytes, stream>>>(__VA_ARGS__)
+#endif
+
 namespace keras_vae {
 namespace cuda {
 namespace {
@@ -248,10 +256,9 @@ cudaError_t reparam_kl_forward(const ReparamShape& shape, const T* mean,
                        aligned_to(log_var, kChunkBytes) &&
                        aligned_to(z, kChunkBytes);
   const LaunchPlan plan = forward_plan(shape, P, aligned, resident);
-  forward_kernel<T><<<static_cast<unsigned>(plan.blocks), kThreadsPerBlock, 0,
-                      cuda_stream>>>(shape, mean, log_var, stream, z, kl,
-                                     log_ratio, plan.group_width,
-                                     plan.vectorized);
+  KVAE_LAUNCH(forward_kernel<T>, static_cast<unsigned>(plan.blocks),
+              kThreadsPerBlock, 0, cuda_stream, shape, mean, log_var, stream,
+              z, kl, log_ratio, plan.group_width, plan.vectorized);
   return cudaGetLastError();
 }
 
@@ -272,11 +279,10 @@ cudaError_t reparam_kl_backward(const ReparamShape& shape, const T* mean,
                        aligned_to(grad_mean, kChunkBytes) &&
                        aligned_to(grad_log_var, kChunkBytes);
   const LaunchPlan plan = backward_plan(shape, P, aligned, resident);
-  backward_kernel<T><<<static_cast<unsigned>(plan.blocks), kThreadsPerBlock, 0,
-                       cuda_stream>>>(shape, mean, log_var, stream, grad_z,
-                                      grad_kl, grad_log_ratio, stop_params,
-                                      grad_mean, grad_log_var,
-                                      plan.vectorized);
+  KVAE_LAUNCH(backward_kernel<T>, static_cast<unsigned>(plan.blocks),
+              kThreadsPerBlock, 0, cuda_stream, shape, mean, log_var, stream,
+              grad_z, grad_kl, grad_log_ratio, stop_params, grad_mean,
+              grad_log_var, plan.vectorized);
   return cudaGetLastError();
 }
 

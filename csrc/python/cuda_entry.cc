@@ -10,6 +10,7 @@
 #include "cuda/launch_plan.h"
 #include "cuda/reparam_kl_cuda.h"
 #include "reparam_kl.h"
+#include "shapes.h"
 
 namespace py = pybind11;
 
@@ -101,33 +102,19 @@ DeviceArray device_array(const py::handle& obj, const char* name,
   return a;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) {
-    out += (i ? ", " : "") + std::to_string(s[i]);
-  }
-  return out + (s.size() == 1 ? ",)" : ")");
+void raise_if(const std::string& error) {
+  if (!error.empty()) throw py::value_error(error);
 }
 
-void expect_shape(const DeviceArray& a, const std::vector<int64_t>& shape) {
-  if (a.shape != shape) {
-    throw py::value_error(a.name + " must have shape " + shape_str(shape) +
-                          ", got " + shape_str(a.shape));
-  }
-}
-
-// Checks every array against mean's dtype and device and returns the shape
-// of the call; makes mean's device current for the launch.
-ReparamShape check_arrays(const std::vector<DeviceArray>& arrays,
-                          int64_t num_samples) {
+// Checks the shape contract (shapes.h) of mean, log_var and num_samples, and
+// every array against mean's dtype and device; returns the shapes of the
+// call and makes mean's device current for the launch.
+ReparamDims check_arrays(const std::vector<DeviceArray>& arrays,
+                         int64_t num_samples) {
   const DeviceArray& mean = arrays[0];
-  if (mean.shape.empty()) {
-    throw py::value_error("mean must have rank >= 1 ([..., D])");
-  }
-  if (num_samples < 1) {
-    throw py::value_error("num_samples must be >= 1, got " +
-                          std::to_string(num_samples));
-  }
+  ReparamDims dims;
+  raise_if(reparam_dims(mean.shape, arrays[1].shape, num_samples, &dims,
+                        DimsStyle::kTuple));
   int device = -1;
   for (const DeviceArray& a : arrays) {
     if (a.dtype != mean.dtype) {
@@ -153,22 +140,7 @@ ReparamShape check_arrays(const std::vector<DeviceArray>& arrays,
   if (device >= 0 && cudaSetDevice(device) != cudaSuccess) {
     throw std::runtime_error("cudaSetDevice failed");
   }
-  const int64_t d = mean.shape.back();
-  int64_t n = 1;
-  for (size_t i = 0; i + 1 < mean.shape.size(); ++i) n *= mean.shape[i];
-  return {num_samples, n, d};
-}
-
-std::vector<int64_t> with_sample_axis(int64_t k, std::vector<int64_t> s,
-                                      bool keep_last) {
-  if (!keep_last) s.pop_back();
-  s.insert(s.begin(), k);
-  return s;
-}
-
-std::vector<int64_t> batch_shape(std::vector<int64_t> s) {
-  s.pop_back();
-  return s;
+  return dims;
 }
 
 void raise_if_failed(cudaError_t err) {
@@ -205,16 +177,14 @@ void cuda_forward(py::handle mean, py::handle log_var, py::handle z,
       device_array(z, "z", dtype, true),
       device_array(kl, "kl", dtype, true),
       device_array(log_ratio, "log_ratio", dtype, true)};
-  const ReparamShape s = check_arrays(a, num_samples);
-  expect_shape(a[1], a[0].shape);
-  expect_shape(a[2], with_sample_axis(num_samples, a[0].shape, true));
-  expect_shape(a[3], batch_shape(a[0].shape));
-  expect_shape(a[4], with_sample_axis(num_samples, a[0].shape, false));
+  const ReparamDims dims = check_arrays(a, num_samples);
+  raise_if(check_forward_outputs(dims, a[2].shape, a[3].shape, a[4].shape,
+                                 DimsStyle::kTuple));
   const PhiloxStream noise = stream_from_seed(seed0, seed1);
   raise_if_failed(with_storage_type(a[0].dtype, [&](auto tag) {
     using T = decltype(tag);
     return cuda::reparam_kl_forward<T>(
-        s, ptr<T>(a[0]), ptr<T>(a[1]), noise, ptr<T>(a[2]), ptr<T>(a[3]),
+        dims.shape, ptr<T>(a[0]), ptr<T>(a[1]), noise, ptr<T>(a[2]), ptr<T>(a[3]),
         ptr<T>(a[4]), reinterpret_cast<cudaStream_t>(stream));
   }));
 }
@@ -233,18 +203,18 @@ void cuda_backward(py::handle mean, py::handle log_var, py::handle grad_z,
       device_array(grad_log_ratio, "grad_log_ratio", dtype, false),
       device_array(grad_mean, "grad_mean", dtype, true),
       device_array(grad_log_var, "grad_log_var", dtype, true)};
-  const ReparamShape s = check_arrays(a, num_samples);
-  expect_shape(a[1], a[0].shape);
-  expect_shape(a[2], with_sample_axis(num_samples, a[0].shape, true));
-  expect_shape(a[3], batch_shape(a[0].shape));
-  expect_shape(a[4], with_sample_axis(num_samples, a[0].shape, false));
-  expect_shape(a[5], a[0].shape);
-  expect_shape(a[6], a[0].shape);
+  const ReparamDims dims = check_arrays(a, num_samples);
+  raise_if(check_upstream_grads(dims, a[2].shape, a[3].shape, a[4].shape,
+                                DimsStyle::kTuple));
+  raise_if(expect_dims("grad_mean", dims.params, a[5].shape,
+                       DimsStyle::kTuple));
+  raise_if(expect_dims("grad_log_var", dims.params, a[6].shape,
+                       DimsStyle::kTuple));
   const PhiloxStream noise = stream_from_seed(seed0, seed1);
   raise_if_failed(with_storage_type(a[0].dtype, [&](auto tag) {
     using T = decltype(tag);
     return cuda::reparam_kl_backward<T>(
-        s, ptr<T>(a[0]), ptr<T>(a[1]), noise, ptr<T>(a[2]), ptr<T>(a[3]),
+        dims.shape, ptr<T>(a[0]), ptr<T>(a[1]), noise, ptr<T>(a[2]), ptr<T>(a[3]),
         ptr<T>(a[4]), stop_params, ptr<T>(a[5]), ptr<T>(a[6]),
         reinterpret_cast<cudaStream_t>(stream));
   }));

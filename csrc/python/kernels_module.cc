@@ -13,6 +13,7 @@
 #include "cpu/normals.h"
 #include "cpu/reparam_kl_cpu.h"
 #include "reparam_kl.h"
+#include "shapes.h"
 #if KERAS_VAE_WITH_CUDA
 #include "python/cuda_entry.h"
 #endif
@@ -25,35 +26,27 @@ namespace {
 template <typename T>
 using Array = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-// [..., D] -> (N, D), with the caller's argument name in every error.
-template <typename T>
-ReparamShape shape_of(const Array<T>& mean, const Array<T>& log_var,
-                      int64_t num_samples) {
-  if (mean.ndim() < 1) {
-    throw py::value_error("mean must have rank >= 1 ([..., D])");
-  }
-  if (mean.ndim() != log_var.ndim() ||
-      !std::equal(mean.shape(), mean.shape() + mean.ndim(),
-                  log_var.shape())) {
-    throw py::value_error("mean and log_var must have the same shape");
-  }
-  if (num_samples < 1) {
-    throw py::value_error("num_samples must be >= 1, got " +
-                          std::to_string(num_samples));
-  }
-  const int64_t d = mean.shape(mean.ndim() - 1);
-  const int64_t n = d == 0 ? 0 : mean.size() / d;
-  return {num_samples, n, d};
+Dims dims_of(const py::array& a) {
+  return Dims(a.shape(), a.shape() + a.ndim());
 }
 
+std::vector<py::ssize_t> py_shape(const Dims& d) {
+  return std::vector<py::ssize_t>(d.begin(), d.end());
+}
+
+void raise_if(const std::string& error) {
+  if (!error.empty()) throw py::value_error(error);
+}
+
+// The shape contract (shapes.h), with the caller's argument names in every
+// error and shapes written as Python tuples.
 template <typename T>
-std::vector<py::ssize_t> with_sample_axis(const Array<T>& a, int64_t k,
-                                          bool keep_last) {
-  std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(k)};
-  for (py::ssize_t i = 0; i < a.ndim() - (keep_last ? 0 : 1); ++i) {
-    shape.push_back(a.shape(i));
-  }
-  return shape;
+ReparamDims checked_dims(const Array<T>& mean, const Array<T>& log_var,
+                         int64_t num_samples) {
+  ReparamDims dims;
+  raise_if(reparam_dims(dims_of(mean), dims_of(log_var), num_samples, &dims,
+                        DimsStyle::kTuple));
+  return dims;
 }
 
 // Splits [0, total) over hardware threads (the NumPy entry has no pool).
@@ -73,14 +66,12 @@ void thread_for(int64_t total, int64_t /*cost*/,
 template <typename T>
 py::tuple forward(const Array<T>& mean, const Array<T>& log_var,
                   int64_t num_samples, uint64_t seed0, uint64_t seed1) {
-  const ReparamShape s = shape_of(mean, log_var, num_samples);
-  Array<T> z(with_sample_axis(mean, num_samples, true));
-  std::vector<py::ssize_t> batch(mean.shape(), mean.shape() + mean.ndim() - 1);
-  Array<T> kl(batch);
-  Array<T> log_ratio(with_sample_axis(mean, num_samples, false));
+  const ReparamDims dims = checked_dims(mean, log_var, num_samples);
+  Array<T> z(py_shape(dims.z)), kl(py_shape(dims.kl)),
+      log_ratio(py_shape(dims.log_ratio));
   {
     py::gil_scoped_release release;
-    cpu::reparam_kl_forward<T>(s, mean.data(), log_var.data(),
+    cpu::reparam_kl_forward<T>(dims.shape, mean.data(), log_var.data(),
                                stream_from_seed(seed0, seed1),
                                z.mutable_data(), kl.mutable_data(),
                                log_ratio.mutable_data(), thread_for);
@@ -93,19 +84,15 @@ py::tuple backward(const Array<T>& mean, const Array<T>& log_var,
                    int64_t num_samples, uint64_t seed0, uint64_t seed1,
                    const Array<T>& grad_z, const Array<T>& grad_kl,
                    const Array<T>& grad_log_ratio, bool stop_params) {
-  const ReparamShape s = shape_of(mean, log_var, num_samples);
-  if (grad_z.size() != s.num_samples * s.rows * s.dim ||
-      grad_kl.size() != s.rows ||
-      grad_log_ratio.size() != s.num_samples * s.rows) {
-    throw py::value_error(
-        "grad_z, grad_kl and grad_log_ratio must match the forward outputs");
-  }
-  std::vector<py::ssize_t> shape(mean.shape(), mean.shape() + mean.ndim());
-  Array<T> grad_mean(shape), grad_log_var(shape);
+  const ReparamDims dims = checked_dims(mean, log_var, num_samples);
+  raise_if(check_upstream_grads(dims, dims_of(grad_z), dims_of(grad_kl),
+                                dims_of(grad_log_ratio), DimsStyle::kTuple));
+  Array<T> grad_mean(py_shape(dims.params)),
+      grad_log_var(py_shape(dims.params));
   {
     py::gil_scoped_release release;
     cpu::reparam_kl_backward<T>(
-        s, mean.data(), log_var.data(), stream_from_seed(seed0, seed1),
+        dims.shape, mean.data(), log_var.data(), stream_from_seed(seed0, seed1),
         grad_z.data(), grad_kl.data(), grad_log_ratio.data(), stop_params,
         grad_mean.mutable_data(), grad_log_var.mutable_data(), thread_for);
   }

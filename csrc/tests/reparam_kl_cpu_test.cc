@@ -17,6 +17,7 @@
 
 #include "cpu/reparam_kl_cpu.h"
 #include "reparam_kl.h"
+#include "test_support.h"
 
 namespace {
 
@@ -24,18 +25,10 @@ using keras_vae::PhiloxStream;
 using keras_vae::ReparamShape;
 using keras_vae::cpu::ParallelFor;
 
-int g_failures = 0;
-
-#define EXPECT(cond, ...)                                   \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      if (++g_failures <= 20) {                             \
-        std::fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
-        std::fprintf(stderr, __VA_ARGS__);                  \
-        std::fprintf(stderr, "\n");                         \
-      }                                                     \
-    }                                                       \
-  } while (0)
+using keras_vae_test::g_failures;
+using keras_vae_test::near;
+using keras_vae_test::pattern;
+using keras_vae_test::to_double;
 
 // A 16-bit float (bfloat16, round to nearest even) that converts to and from
 // float like Eigen's half types do, so the half-precision instantiation runs
@@ -60,15 +53,6 @@ struct BFloat16 {
     return f;
   }
 };
-
-template <typename T>
-double to_double(T x) {
-  return static_cast<double>(static_cast<float>(x));
-}
-template <>
-double to_double<double>(double x) {
-  return x;
-}
 
 // Tolerances relative to the magnitude of the terms summed.
 template <typename T>
@@ -114,15 +98,6 @@ class Buffer {
   int64_t size_;
 };
 
-// Deterministic test values: means in [-2, 2], log-variances in [-3, 2].
-double pattern(uint64_t i, double lo, double hi) {
-  uint64_t x = i * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull;
-  x ^= x >> 29;
-  x *= 0xBF58476D1CE4E5B9ull;
-  x ^= x >> 32;
-  return lo + (hi - lo) * static_cast<double>(x % 10007) / 10006.0;
-}
-
 template <typename T>
 void fill(Buffer<T>* b, uint64_t salt, double lo, double hi) {
   for (int64_t i = 0; i < b->size(); ++i) {
@@ -152,10 +127,6 @@ ParallelFor threads(int64_t workers) {
     }
     for (auto& t : pool) t.join();
   };
-}
-
-bool near(double got, double want, double scale, double tol) {
-  return std::fabs(got - want) <= tol * (1.0 + std::fabs(scale));
 }
 
 template <typename T>

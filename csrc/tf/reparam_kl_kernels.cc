@@ -2,6 +2,7 @@
 #include "tf/reparam_kl_kernels.h"
 
 #include "cpu/reparam_kl_cpu.h"
+#include "shapes.h"
 #include "tensorflow/core/framework/register_types.h"
 #include "tensorflow/core/framework/tensor_shape.h"
 #include "tensorflow/core/platform/threadpool.h"
@@ -17,29 +18,30 @@ namespace {
 
 // The checked view of the inputs every kernel of this op shares.
 struct ParsedInputs {
-  ReparamShape shape;
+  ReparamDims dims;
   PhiloxStream stream;
   tf::TensorShape z_shape;
   tf::TensorShape batch_shape;
   tf::TensorShape log_ratio_shape;
 };
 
+Dims DimsOf(const tf::Tensor& t) {
+  const auto sizes = t.shape().dim_sizes();
+  return Dims(sizes.begin(), sizes.end());
+}
+
+absl::Status ShapeError(const std::string& message) {
+  if (message.empty()) return absl::OkStatus();
+  return tf::errors::InvalidArgument(message);
+}
+
+// The TensorFlow-side checks (seed, num_samples as tensors), then the shape
+// contract of shapes.h.
 absl::Status ParseInputs(tf::OpKernelContext* ctx, ParsedInputs* out) {
   const tf::Tensor& mean = ctx->input(0);
   const tf::Tensor& log_var = ctx->input(1);
   const tf::Tensor& seed = ctx->input(2);
   const tf::Tensor& num_samples = ctx->input(3);
-  if (mean.dims() < 1) {
-    return tf::errors::InvalidArgument(
-        "mean must have rank >= 1 ([..., D]), got shape ",
-        mean.shape().DebugString());
-  }
-  if (mean.shape() != log_var.shape()) {
-    return tf::errors::InvalidArgument(
-        "mean and log_var must have the same shape, got mean ",
-        mean.shape().DebugString(), " and log_var ",
-        log_var.shape().DebugString());
-  }
   if (seed.dims() != 1 || seed.dim_size(0) != 2) {
     return tf::errors::InvalidArgument("seed must have shape [2], got ",
                                        seed.shape().DebugString());
@@ -48,10 +50,9 @@ absl::Status ParseInputs(tf::OpKernelContext* ctx, ParsedInputs* out) {
     return tf::errors::InvalidArgument("num_samples must be a scalar, got ",
                                        num_samples.shape().DebugString());
   }
-  const int64_t k = num_samples.scalar<int32_t>()();
-  if (k < 1) {
-    return tf::errors::InvalidArgument("num_samples must be >= 1, got ", k);
-  }
+  TF_RETURN_IF_ERROR(ShapeError(reparam_dims(
+      DimsOf(mean), DimsOf(log_var), num_samples.scalar<int32_t>()(),
+      &out->dims)));
   uint64_t s0, s1;
   if (seed.dtype() == tf::DT_INT32) {
     // Sign-extended like TensorFlow's stateless kernels.
@@ -62,15 +63,12 @@ absl::Status ParseInputs(tf::OpKernelContext* ctx, ParsedInputs* out) {
     s1 = static_cast<uint64_t>(seed.vec<int64_t>()(1));
   }
   out->stream = stream_from_seed(s0, s1);
-  const int64_t d = mean.dim_size(mean.dims() - 1);
-  out->batch_shape = mean.shape();
-  out->batch_shape.RemoveLastDims(1);
-  out->shape = {k, out->batch_shape.num_elements(), d};
-  out->z_shape = mean.shape();
-  TF_RETURN_IF_ERROR(out->z_shape.InsertDimWithStatus(0, k));
-  out->log_ratio_shape = out->batch_shape;
-  TF_RETURN_IF_ERROR(out->log_ratio_shape.InsertDimWithStatus(0, k));
-  return absl::OkStatus();
+  TF_RETURN_IF_ERROR(
+      tf::TensorShapeUtils::MakeShape(out->dims.z, &out->z_shape));
+  TF_RETURN_IF_ERROR(
+      tf::TensorShapeUtils::MakeShape(out->dims.kl, &out->batch_shape));
+  return tf::TensorShapeUtils::MakeShape(out->dims.log_ratio,
+                                         &out->log_ratio_shape);
 }
 
 template <typename Device, typename T>
@@ -88,7 +86,7 @@ class ReparamKlOp : public tf::OpKernel {
                    ctx->allocate_output(2, in.log_ratio_shape, &log_ratio));
     if (z->NumElements() == 0 && kl->NumElements() == 0) return;
     ReparamKlLaunch<Device, T>::Forward(
-        ctx, in.shape, ctx->input(0).flat<T>().data(),
+        ctx, in.dims.shape, ctx->input(0).flat<T>().data(),
         ctx->input(1).flat<T>().data(), in.stream, z->flat<T>().data(),
         kl->flat<T>().data(), log_ratio->flat<T>().data());
   }
@@ -107,26 +105,16 @@ class ReparamKlGradOp : public tf::OpKernel {
     const tf::Tensor& grad_z = ctx->input(4);
     const tf::Tensor& grad_kl = ctx->input(5);
     const tf::Tensor& grad_log_ratio = ctx->input(6);
-    OP_REQUIRES(ctx, grad_z.shape() == in.z_shape,
-                tf::errors::InvalidArgument(
-                    "grad_z must have shape ", in.z_shape.DebugString(),
-                    ", got ", grad_z.shape().DebugString()));
-    OP_REQUIRES(ctx, grad_kl.shape() == in.batch_shape,
-                tf::errors::InvalidArgument(
-                    "grad_kl must have shape ", in.batch_shape.DebugString(),
-                    ", got ", grad_kl.shape().DebugString()));
-    OP_REQUIRES(ctx, grad_log_ratio.shape() == in.log_ratio_shape,
-                tf::errors::InvalidArgument(
-                    "grad_log_ratio must have shape ",
-                    in.log_ratio_shape.DebugString(), ", got ",
-                    grad_log_ratio.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, ShapeError(check_upstream_grads(
+                            in.dims, DimsOf(grad_z), DimsOf(grad_kl),
+                            DimsOf(grad_log_ratio))));
     const tf::Tensor& mean = ctx->input(0);
     tf::Tensor *grad_mean, *grad_log_var;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, mean.shape(), &grad_mean));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, mean.shape(), &grad_log_var));
     if (mean.NumElements() == 0) return;
     ReparamKlLaunch<Device, T>::Backward(
-        ctx, in.shape, mean.flat<T>().data(), ctx->input(1).flat<T>().data(),
+        ctx, in.dims.shape, mean.flat<T>().data(), ctx->input(1).flat<T>().data(),
         in.stream, grad_z.flat<T>().data(), grad_kl.flat<T>().data(),
         grad_log_ratio.flat<T>().data(), stop_, grad_mean->flat<T>().data(),
         grad_log_var->flat<T>().data());

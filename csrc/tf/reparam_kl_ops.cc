@@ -1,4 +1,5 @@
 // Op definitions and shape functions. Kernels live in reparam_kl_kernels.cc.
+#include "shapes.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
 
@@ -24,6 +25,37 @@ absl::Status MergeParamShapes(InferenceContext* c, ShapeHandle* params) {
   return absl::OkStatus();
 }
 
+// *dims = the dimensions of s, when all are known.
+bool KnownDims(InferenceContext* c, ShapeHandle s, Dims* dims) {
+  if (!c->FullyDefined(s)) return false;
+  dims->clear();
+  for (int i = 0; i < c->Rank(s); ++i) dims->push_back(c->Value(c->Dim(s, i)));
+  return true;
+}
+
+ShapeHandle ShapeOf(InferenceContext* c, const Dims& dims) {
+  std::vector<DimensionHandle> handles;
+  for (int64_t d : dims) handles.push_back(c->MakeDim(d));
+  return c->MakeShape(handles);
+}
+
+// With mean, log_var and num_samples all known at graph construction, the
+// outputs (and the errors) come from the shape contract of shapes.h, as in
+// the kernels; sets *known to whether they were.
+absl::Status ContractDims(InferenceContext* c, bool* known,
+                          ReparamDims* out) {
+  Dims mean, log_var;
+  const ::tensorflow::Tensor* k = c->input_tensor(3);
+  *known = k != nullptr && k->dims() == 0 &&
+           KnownDims(c, c->input(0), &mean) &&
+           KnownDims(c, c->input(1), &log_var);
+  if (!*known) return absl::OkStatus();
+  const std::string error =
+      reparam_dims(mean, log_var, k->scalar<int32_t>()(), out);
+  if (error.empty()) return absl::OkStatus();
+  return ::tensorflow::errors::InvalidArgument(error);
+}
+
 }  // namespace
 
 REGISTER_OP("KerasVaeReparameterizeKl")
@@ -38,8 +70,18 @@ REGISTER_OP("KerasVaeReparameterizeKl")
     .Attr("Tseed: {int32, int64} = DT_INT64")
     .Attr("stop_log_ratio_param_grad: bool = false")
     .SetShapeFn([](InferenceContext* c) {
+      bool known;
+      ReparamDims dims;
+      TF_RETURN_IF_ERROR(ContractDims(c, &known, &dims));
       ShapeHandle params;
       TF_RETURN_IF_ERROR(MergeParamShapes(c, &params));
+      if (known) {
+        c->set_output(0, ShapeOf(c, dims.z));
+        c->set_output(1, ShapeOf(c, dims.kl));
+        c->set_output(2, ShapeOf(c, dims.log_ratio));
+        return absl::OkStatus();
+      }
+      // Partly known: the same layout, symbolically.
       DimensionHandle k;
       TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(3, &k));
       ShapeHandle batch, sample_axis, z, log_ratio;
@@ -72,6 +114,9 @@ REGISTER_OP("KerasVaeReparameterizeKlGrad")
     .Attr("Tseed: {int32, int64} = DT_INT64")
     .Attr("stop_log_ratio_param_grad: bool = false")
     .SetShapeFn([](InferenceContext* c) {
+      bool known;
+      ReparamDims dims;
+      TF_RETURN_IF_ERROR(ContractDims(c, &known, &dims));
       ShapeHandle params;
       TF_RETURN_IF_ERROR(MergeParamShapes(c, &params));
       c->set_output(0, params);
