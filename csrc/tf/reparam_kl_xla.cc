@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "shapes.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
 #include "tensorflow/core/framework/kernel_def_builder.h"
@@ -28,54 +29,36 @@ namespace tf = ::tensorflow;
 constexpr char kForwardTarget[] = "keras_vae_reparameterize_kl";
 constexpr char kBackwardTarget[] = "keras_vae_reparameterize_kl_grad";
 
-xla::Shape RowMajor(xla::PrimitiveType type, const tf::TensorShape& shape) {
-  return xla::ShapeUtil::MakeShapeWithDescendingLayout(type,
-                                                       shape.dim_sizes());
+Dims InputDims(tf::XlaOpKernelContext* ctx, int index) {
+  const auto sizes = ctx->InputShape(index).dim_sizes();
+  return Dims(sizes.begin(), sizes.end());
 }
 
-// The shapes both ops share, checked while the graph is compiled; errors name
-// the argument, as the OpKernels' run-time checks do.
-struct CompiledShapes {
-  tf::TensorShape params, batch, z, log_ratio;
-  int64_t num_samples;
-};
-
-absl::Status ParseShapes(tf::XlaOpKernelContext* ctx, CompiledShapes* out) {
-  const tf::TensorShape mean = ctx->InputShape(0);
-  const tf::TensorShape log_var = ctx->InputShape(1);
+// The shapes both ops share, checked while the graph is compiled against
+// the contract of shapes.h; its errors name the argument, as the OpKernels'
+// run-time checks do.
+absl::Status ParseShapes(tf::XlaOpKernelContext* ctx, ReparamDims* out) {
   const tf::TensorShape seed = ctx->InputShape(2);
-  if (mean.dims() < 1) {
-    return tf::errors::InvalidArgument(
-        "mean must have rank >= 1 ([..., D]), got shape ", mean.DebugString());
-  }
-  if (mean != log_var) {
-    return tf::errors::InvalidArgument(
-        "mean and log_var must have the same shape, got mean ",
-        mean.DebugString(), " and log_var ", log_var.DebugString());
-  }
   if (seed.dims() != 1 || seed.dim_size(0) != 2) {
     return tf::errors::InvalidArgument("seed must have shape [2], got ",
                                        seed.DebugString());
   }
-  absl::Status constant = ctx->ConstantInputAsIntScalar(3, &out->num_samples);
+  int64_t num_samples;
+  absl::Status constant = ctx->ConstantInputAsIntScalar(3, &num_samples);
   if (!constant.ok()) {
     return tf::errors::InvalidArgument(
         "num_samples must be a compile-time constant scalar under XLA (it "
         "sets the shape of z): ",
         constant.message());
   }
-  if (out->num_samples < 1) {
-    return tf::errors::InvalidArgument("num_samples must be >= 1, got ",
-                                       out->num_samples);
-  }
-  out->params = mean;
-  out->batch = mean;
-  out->batch.RemoveLastDims(1);
-  out->z = mean;
-  TF_RETURN_IF_ERROR(out->z.InsertDimWithStatus(0, out->num_samples));
-  out->log_ratio = out->batch;
-  TF_RETURN_IF_ERROR(out->log_ratio.InsertDimWithStatus(0, out->num_samples));
+  const std::string error = reparam_dims(InputDims(ctx, 0), InputDims(ctx, 1),
+                                         num_samples, out);
+  if (!error.empty()) return tf::errors::InvalidArgument(error);
   return absl::OkStatus();
+}
+
+xla::Shape RowMajor(xla::PrimitiveType type, const Dims& dims) {
+  return xla::ShapeUtil::MakeShapeWithDescendingLayout(type, dims);
 }
 
 // What the handlers compute in: f64 for f64, f32 otherwise.
@@ -124,17 +107,15 @@ class ReparamKlXlaOp : public tf::XlaOpKernel {
   explicit ReparamKlXlaOp(tf::OpKernelConstruction* ctx) : XlaOpKernel(ctx) {}
 
   void Compile(tf::XlaOpKernelContext* ctx) override {
-    CompiledShapes s;
+    ReparamDims s;
     OP_REQUIRES_OK(ctx, ParseShapes(ctx, &s));
     const xla::PrimitiveType type = ctx->input_xla_type(0);
     const xla::PrimitiveType c = ComputeType(type);
     const xla::Shape params = RowMajor(c, s.params);
-    const xla::Shape seed = RowMajor(xla::S64, tf::TensorShape({2}));
     xla::XlaOp call = TypedFfiCall(
         ctx, kForwardTarget, CallOperands(ctx, {0, 1, 2}, c),
-        {params, params, seed},
-        {RowMajor(c, s.z), RowMajor(c, s.batch), RowMajor(c, s.log_ratio)},
-        "");
+        {params, params, RowMajor(xla::S64, {2})},
+        {RowMajor(c, s.z), RowMajor(c, s.kl), RowMajor(c, s.log_ratio)}, "");
     SetOutputs(ctx, call, 3, type);
   }
 };
@@ -147,26 +128,18 @@ class ReparamKlGradXlaOp : public tf::XlaOpKernel {
   }
 
   void Compile(tf::XlaOpKernelContext* ctx) override {
-    CompiledShapes s;
+    ReparamDims s;
     OP_REQUIRES_OK(ctx, ParseShapes(ctx, &s));
-    const std::pair<const char*, const tf::TensorShape*> grads[] = {
-        {"grad_z", &s.z}, {"grad_kl", &s.batch},
-        {"grad_log_ratio", &s.log_ratio}};
-    for (int i = 0; i < 3; ++i) {
-      const tf::TensorShape got = ctx->InputShape(4 + i);
-      OP_REQUIRES(ctx, got == *grads[i].second,
-                  tf::errors::InvalidArgument(
-                      grads[i].first, " must have shape ",
-                      grads[i].second->DebugString(), ", got ",
-                      got.DebugString()));
-    }
+    const std::string error = check_upstream_grads(
+        s, InputDims(ctx, 4), InputDims(ctx, 5), InputDims(ctx, 6));
+    OP_REQUIRES(ctx, error.empty(), tf::errors::InvalidArgument(error));
     const xla::PrimitiveType type = ctx->input_xla_type(0);
     const xla::PrimitiveType c = ComputeType(type);
     const xla::Shape params = RowMajor(c, s.params);
     xla::XlaOp call = TypedFfiCall(
         ctx, kBackwardTarget, CallOperands(ctx, {0, 1, 2, 4, 5, 6}, c),
-        {params, params, RowMajor(xla::S64, tf::TensorShape({2})),
-         RowMajor(c, s.z), RowMajor(c, s.batch), RowMajor(c, s.log_ratio)},
+        {params, params, RowMajor(xla::S64, {2}), RowMajor(c, s.z),
+         RowMajor(c, s.kl), RowMajor(c, s.log_ratio)},
         {params, params},
         // The handlers read attributes from an MLIR dictionary.
         std::string("{stop_log_ratio_param_grad = ") +

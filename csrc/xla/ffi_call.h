@@ -6,9 +6,9 @@
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "reparam_kl.h"
+#include "shapes.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace keras_vae {
@@ -16,87 +16,50 @@ namespace xla_ffi {
 
 namespace ffi = ::xla::ffi;
 
-inline std::string dims_string(ffi::AnyBuffer::Dimensions dims) {
-  std::string s = "[";
-  for (size_t i = 0; i < dims.size(); ++i) {
-    if (i) s += ",";
-    s += std::to_string(dims[i]);
-  }
-  return s + "]";
+inline Dims dims_of(ffi::AnyBuffer b) {
+  const auto d = b.dimensions();
+  return Dims(d.begin(), d.end());
 }
 
-inline bool dims_equal(ffi::AnyBuffer::Dimensions dims,
-                       const std::vector<int64_t>& expected) {
-  if (dims.size() != expected.size()) return false;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    if (dims[i] != expected[i]) return false;
+// Checks a call against the shape contract (shapes.h) and the handlers'
+// types. `z_like` is z for the forward and grad_z for the backward, whose
+// leading axis gives K; `upstream` names the three as the backward's.
+inline ffi::Error check_call(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
+                             ffi::AnyBuffer seed, ffi::AnyBuffer z_like,
+                             ffi::AnyBuffer kl_like,
+                             ffi::AnyBuffer log_ratio_like, bool upstream,
+                             ReparamShape* shape) {
+  const Dims z = dims_of(z_like);
+  ReparamDims dims;
+  std::string error = reparam_dims(dims_of(mean), dims_of(log_var),
+                                   z.empty() ? 0 : z[0], &dims);
+  if (error.empty()) {
+    error = upstream ? check_upstream_grads(dims, z, dims_of(kl_like),
+                                            dims_of(log_ratio_like))
+                     : check_forward_outputs(dims, z, dims_of(kl_like),
+                                             dims_of(log_ratio_like));
   }
-  return true;
-}
-
-// mean [..., D] and the K of `samples` ([K, ...]) -> the kernels' shape.
-inline ffi::Error parse_shape(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
-                              ffi::AnyBuffer seed, ffi::AnyBuffer samples,
-                              const char* samples_name, ReparamShape* shape) {
-  const auto md = mean.dimensions();
-  if (md.size() < 1) {
-    return ffi::Error::InvalidArgument("mean must have rank >= 1 ([..., D])");
-  }
-  if (!dims_equal(log_var.dimensions(),
-                  std::vector<int64_t>(md.begin(), md.end()))) {
-    return ffi::Error::InvalidArgument(
-        "mean and log_var must have the same shape, got mean " +
-        dims_string(md) + " and log_var " + dims_string(log_var.dimensions()));
-  }
-  if (log_var.element_type() != mean.element_type()) {
-    return ffi::Error::InvalidArgument("log_var must have the dtype of mean");
-  }
+  if (!error.empty()) return ffi::Error::InvalidArgument(error);
   if (mean.element_type() != ffi::DataType::F32 &&
       mean.element_type() != ffi::DataType::F64) {
     return ffi::Error::InvalidArgument(
         "mean must be f32 or f64 (16-bit types are converted by the caller)");
   }
-  if ((seed.element_type() != ffi::DataType::S64 &&
-       seed.element_type() != ffi::DataType::S32) ||
-      !dims_equal(seed.dimensions(), {2})) {
-    return ffi::Error::InvalidArgument("seed must be s64[2] or s32[2], got " +
-                                       dims_string(seed.dimensions()));
-  }
-  if (samples.dimensions().size() < 1 || samples.dimensions()[0] < 1) {
-    return ffi::Error::InvalidArgument(
-        std::string(samples_name) + " must have a sample axis of size >= 1");
-  }
-  const int64_t d = md[md.size() - 1];
-  int64_t n = 1;
-  for (size_t i = 0; i + 1 < md.size(); ++i) n *= md[i];
-  *shape = {samples.dimensions()[0], n, d};
-  return ffi::Error::Success();
-}
-
-// The shapes of z (or grad_z), kl and log_ratio for mean's [..., D] and K.
-inline ffi::Error check_outputs(ffi::AnyBuffer mean, int64_t k,
-                                ffi::AnyBuffer z, const char* z_name,
-                                ffi::AnyBuffer kl, const char* kl_name,
-                                ffi::AnyBuffer log_ratio,
-                                const char* log_ratio_name) {
-  const auto md = mean.dimensions();
-  std::vector<int64_t> z_dims{k};
-  z_dims.insert(z_dims.end(), md.begin(), md.end());
-  const std::vector<int64_t> kl_dims(md.begin(), md.end() - 1);
-  const std::vector<int64_t> lr_dims(z_dims.begin(), z_dims.end() - 1);
-  const std::pair<ffi::AnyBuffer, const char*> bufs[] = {
-      {z, z_name}, {kl, kl_name}, {log_ratio, log_ratio_name}};
-  const std::vector<int64_t>* expected[] = {&z_dims, &kl_dims, &lr_dims};
-  for (int i = 0; i < 3; ++i) {
-    if (bufs[i].first.element_type() != mean.element_type() ||
-        !dims_equal(bufs[i].first.dimensions(), *expected[i])) {
+  for (ffi::AnyBuffer b : {log_var, z_like, kl_like, log_ratio_like}) {
+    if (b.element_type() != mean.element_type()) {
       return ffi::Error::InvalidArgument(
-          std::string(bufs[i].second) + " must have the dtype of mean and " +
-          "shape " + dims_string(ffi::AnyBuffer::Dimensions(
-                         expected[i]->data(), expected[i]->size())) +
-          ", got " + dims_string(bufs[i].first.dimensions()));
+          "log_var and the z, kl and log_ratio buffers must have the dtype "
+          "of mean");
     }
   }
+  if ((seed.element_type() != ffi::DataType::S64 &&
+       seed.element_type() != ffi::DataType::S32) ||
+      dims_of(seed) != Dims{2}) {
+    return ffi::Error::InvalidArgument("seed must be s64[2] or s32[2], got " +
+                                       format_dims(dims_of(seed),
+                                                   DimsStyle::kList));
+  }
+  *shape = dims.shape;
   return ffi::Error::Success();
 }
 

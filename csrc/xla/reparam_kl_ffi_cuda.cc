@@ -39,10 +39,8 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
                         ffi::Result<ffi::AnyBuffer> kl,
                         ffi::Result<ffi::AnyBuffer> log_ratio) {
   ReparamShape shape;
-  if (auto e = parse_shape(mean, log_var, seed, *z, "z", &shape); e.failure())
-    return e;
-  if (auto e = check_outputs(mean, shape.num_samples, *z, "z", *kl, "kl",
-                             *log_ratio, "log_ratio");
+  if (auto e = check_call(mean, log_var, seed, *z, *kl, *log_ratio,
+                          /*upstream=*/false, &shape);
       e.failure())
     return e;
   if (z->element_count() == 0 && kl->element_count() == 0) {
@@ -67,12 +65,8 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
                          ffi::Result<ffi::AnyBuffer> grad_mean,
                          ffi::Result<ffi::AnyBuffer> grad_log_var) {
   ReparamShape shape;
-  if (auto e = parse_shape(mean, log_var, seed, grad_z, "grad_z", &shape);
-      e.failure())
-    return e;
-  if (auto e = check_outputs(mean, shape.num_samples, grad_z, "grad_z",
-                             grad_kl, "grad_kl", grad_log_ratio,
-                             "grad_log_ratio");
+  if (auto e = check_call(mean, log_var, seed, grad_z, grad_kl,
+                          grad_log_ratio, /*upstream=*/true, &shape);
       e.failure())
     return e;
   if (mean.element_count() == 0) return ffi::Error::Success();
