@@ -12,6 +12,7 @@
 
 #include "cpu/normals.h"
 #include "cpu/reparam_kl_cpu.h"
+#include "python/ffi_capsules.h"
 #include "reparam_kl.h"
 #if KERAS_VAE_WITH_CUDA
 #include "python/cuda_entry.h"
@@ -173,4 +174,5 @@ PYBIND11_MODULE(_kernels, m) {
 #if KERAS_VAE_WITH_CUDA
   register_cuda_entry(m);
 #endif
+  register_ffi_capsules(m);
 }
