@@ -9,6 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.backend_cases import (
+    DTYPES,
+    SHAPES,
+    assert_standard_normal_sample,
+    cotangents as _cotangents,
+    formula,
+    params as _params,
+    tf_outputs_and_grads,
+)
 from keras_vae import ops
 
 jax = pytest.importorskip("jax")
@@ -21,8 +30,6 @@ pytestmark = [
     pytest.mark.skipif(not _available, reason=str(_why)),
 ]
 
-DTYPES = ["float16", "bfloat16", "float32", "float64"]
-SHAPES = [[7], [3, 5], [2, 3, 9]]
 # int32 seeds; the words are sign-extended, so TF's int64 seeds equal them.
 SEEDS = [[1, 2], [-5, 7], [-(2**31), 2**31 - 1]]
 
@@ -33,25 +40,9 @@ def x64():
         yield
 
 
-def _params(shape, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    mean = rng.uniform(-2, 2, size=shape)
-    log_var = rng.uniform(-2, 2, size=shape)
-    return (tf.constant(mean, dtype), tf.constant(log_var, dtype))
-
-
 def _jax(t):
     """A TF tensor as a JAX array of the same dtype and bits."""
     return jnp.asarray(t.numpy())
-
-
-def _cotangents(mean, num_samples, seed=3):
-    rng = np.random.default_rng(seed)
-    shape, dtype = mean.shape.as_list(), mean.dtype
-    return [
-        tf.constant(rng.normal(size=s), dtype)
-        for s in ([num_samples, *shape], shape[:-1], [num_samples, *shape[:-1]])
-    ]
 
 
 def _assert_same(actual, expected, names=("z", "kl", "log_ratio")):
@@ -65,17 +56,6 @@ def _assert_same(actual, expected, names=("z", "kl", "log_ratio")):
             np.atleast_1d(np.asarray(a)).view(bits),
             np.atleast_1d(e).view(bits), err_msg=name,
         )
-
-
-def _tf_forward_and_vjp(mean, log_var, num_samples, seed, stop, cotangents):
-    with tf.GradientTape() as tape:
-        tape.watch([mean, log_var])
-        outputs = ops.reparameterize_kl(
-            mean, log_var, num_samples, tf.constant(seed, tf.int64), stop,
-            implementation="fused",
-        )
-    grads = tape.gradient(outputs, [mean, log_var], output_gradients=cotangents)
-    return outputs, grads
 
 
 def _jax_forward_and_vjp(mean, log_var, num_samples, seed, stop, cotangents):
@@ -128,7 +108,7 @@ def test_gradients_equal_the_tf_op_bit_for_bit(dtype, stop, x64):
     shape, num_samples, seed = [3, 2, 5], 4, [-7, 9]
     mean, log_var = _params(shape, dtype, seed=1)
     cotangents = _cotangents(mean, num_samples)
-    expected_out, expected = _tf_forward_and_vjp(
+    expected_out, expected = tf_outputs_and_grads(
         mean, log_var, num_samples, seed, stop, cotangents
     )
     actual_out, actual = _jax_forward_and_vjp(
@@ -137,21 +117,6 @@ def test_gradients_equal_the_tf_op_bit_for_bit(dtype, stop, x64):
     )
     _assert_same(actual_out, expected_out)
     _assert_same(actual, expected, names=("grad_mean", "grad_log_var"))
-
-
-def _oracle(mean, log_var, eps, stop):
-    """z, kl and log_ratio of eps in jnp: no kernel, no TensorFlow."""
-    sg = jax.lax.stop_gradient
-    z = mean + jnp.exp(0.5 * log_var) * eps
-    kl = 0.5 * jnp.sum(jnp.exp(log_var) + mean**2 - 1.0 - log_var, axis=-1)
-    if stop:
-        # log q(z | mean, log_var stopped) - log p(z): its path through z only.
-        log_q = -0.5 * jnp.sum(
-            (z - sg(mean)) ** 2 / jnp.exp(sg(log_var)) + sg(log_var), axis=-1
-        )
-    else:
-        log_q = -0.5 * jnp.sum(eps**2 + log_var, axis=-1)
-    return z, kl, log_q + 0.5 * jnp.sum(z**2, axis=-1)
 
 
 @pytest.mark.parametrize("stop", [False, True])
@@ -165,14 +130,13 @@ def test_gradients_match_an_independent_formula(stop, x64):
     )
     eps = (outputs[0] - mean) / jnp.exp(0.5 * log_var)
     expected_out, vjp = jax.vjp(
-        lambda m, lv: _oracle(m, lv, eps, stop), mean, log_var
+        lambda m, lv: formula(jnp, jax.lax.stop_gradient, m, lv, eps, stop),
+        mean, log_var,
     )
     expected = vjp(tuple(cotangents))
     for a, e in zip((*outputs, *grads), (*expected_out, *expected)):
         np.testing.assert_allclose(a, e, rtol=1e-10, atol=1e-12)
-    # The noise is a standard normal sample, not a constant or a copy.
-    assert abs(float(eps.mean())) < 0.5 and 0.5 < float(eps.std()) < 1.5
-    assert len(np.unique(np.asarray(eps))) == eps.size
+    assert_standard_normal_sample(np.asarray(eps))
 
 
 def test_stop_flag_changes_gradients_not_values():
@@ -264,7 +228,7 @@ def test_large_input_on_the_thread_pool_equals_the_tf_op():
     """Big enough for the Host handler to shard over XLA's thread pool."""
     mean, log_var = _params([512, 64], "float32", seed=5)
     cotangents = _cotangents(mean, 8)
-    expected = _tf_forward_and_vjp(mean, log_var, 8, [3, 4], False, cotangents)
+    expected = tf_outputs_and_grads(mean, log_var, 8, [3, 4], False, cotangents)
     actual = _jax_forward_and_vjp(
         _jax(mean), _jax(log_var), 8, jnp.asarray([3, 4], jnp.int32), False,
         [_jax(c) for c in cotangents],

@@ -13,12 +13,18 @@ kernels.
 """
 
 import functools
-import operator
 import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from keras_vae.backend._checks import (
+    check_num_samples,
+    check_params,
+    check_seed,
+    with_sample_axis,
+)
 
 __all__ = ["reparameterize_kl", "available", "register"]
 
@@ -29,9 +35,6 @@ _STOP_ATTR = "stop_log_ratio_param_grad"
 _JAX_PLATFORMS = {"cpu": "cpu", "cuda": "CUDA"}
 # The kernels' default backends ('gpu' is CUDA here: no ROCm handlers).
 _BACKENDS = {"cpu": "cpu", "cuda": "gpu"}
-_FLOAT_DTYPES = tuple(
-    np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
-)
 # Every output is used and the call has no side effect; under vmap each
 # batch member is one call, so vmap(f)(x)[i] == f(x[i]) bit for bit (a
 # batched call would draw other noise: eps depends on the whole shape).
@@ -88,26 +91,13 @@ def available():
     return True, None
 
 
-def _num_samples(num_samples):
-    try:
-        k = operator.index(num_samples)
-    except TypeError:
-        raise TypeError(
-            "num_samples must be a Python int (it sets the shape of z), got "
-            f"{type(num_samples).__name__}"
-        ) from None
-    if isinstance(num_samples, bool) or k < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
-    return k
-
-
 def _seed(seed):
     """seed as an int32 or int64 [2] array, values checked when concrete."""
     if not isinstance(seed, jax.Array):
         words = np.asarray(seed)
         if words.dtype.kind not in "iu":
             raise ValueError(f"seed must hold integers, got {words.dtype}")
-        # jnp.asarray would wrap a word out of range without a word.
+        # jnp.asarray would wrap an out-of-range word silently.
         wide = jax.config.jax_enable_x64
         limits = np.iinfo(np.int64 if wide else np.int32)
         if words.size and (words.min() < limits.min or words.max() > limits.max):
@@ -117,41 +107,16 @@ def _seed(seed):
                 f"got {words.tolist()}"
             )
         seed = jnp.asarray(words, jnp.int64 if wide else jnp.int32)
-    if seed.dtype not in (jnp.int32, jnp.int64):
-        raise ValueError(f"seed must be int32 or int64, got {seed.dtype}")
-    if seed.shape != (2,):
-        raise ValueError(f"seed must have shape [2], got {list(seed.shape)}")
+    check_seed(str(seed.dtype), seed.shape)
     return seed
-
-
-def _check(mean, log_var):
-    if mean.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            "mean must be float16, bfloat16, float32 or float64, got "
-            f"{mean.dtype}"
-        )
-    if log_var.dtype != mean.dtype:
-        raise ValueError(
-            f"log_var must have the dtype of mean, got mean {mean.dtype} and "
-            f"log_var {log_var.dtype}"
-        )
-    if mean.ndim < 1:
-        raise ValueError(
-            f"mean must have rank >= 1 ([..., D]), got shape {list(mean.shape)}"
-        )
-    if log_var.shape != mean.shape:
-        raise ValueError(
-            "mean and log_var must have the same shape, got mean "
-            f"{list(mean.shape)} and log_var {list(log_var.shape)}"
-        )
 
 
 def _forward_call(num_samples, mean, log_var, seed):
     shape, dtype = mean.shape, mean.dtype
     results = (
-        jax.ShapeDtypeStruct((num_samples, *shape), dtype),
+        jax.ShapeDtypeStruct(with_sample_axis(shape, num_samples), dtype),
         jax.ShapeDtypeStruct(shape[:-1], dtype),
-        jax.ShapeDtypeStruct((num_samples, *shape[:-1]), dtype),
+        jax.ShapeDtypeStruct(with_sample_axis(shape[:-1], num_samples), dtype),
     )
     call = jax.ffi.ffi_call(_FORWARD, results, vmap_method=_VMAP_METHOD)
     return tuple(call(mean, log_var, seed))
@@ -217,8 +182,8 @@ def reparameterize_kl(
             ``available()``).
     """
     mean, log_var = jnp.asarray(mean), jnp.asarray(log_var)
-    _check(mean, log_var)
-    num_samples = _num_samples(num_samples)
+    check_params(str(mean.dtype), str(log_var.dtype), mean.shape, log_var.shape)
+    num_samples = check_num_samples(num_samples)
     seed = _seed(seed)
     register()
     dtype = mean.dtype
