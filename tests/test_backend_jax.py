@@ -295,3 +295,38 @@ def test_bad_input_raises_naming_the_argument(kwargs, error, match):
 def test_traced_num_samples_is_refused_naming_it():
     with pytest.raises(TypeError, match="num_samples must be a Python int"):
         jax.jit(lambda k: _call(num_samples=k))(3)
+
+
+def test_a_build_without_the_handlers_is_reported(monkeypatch):
+    from keras_vae import _kernels
+
+    def built_without():
+        raise RuntimeError("keras_vae._kernels was built without the XLA FFI "
+                           "handlers")
+
+    monkeypatch.setattr(_kernels, "ffi_handlers", built_without)
+    monkeypatch.setattr(backend, "_platforms", None)
+    ok, reason = backend.available()
+    assert not ok and "built without the XLA FFI handlers" in reason
+    with pytest.raises(RuntimeError, match="built without"):
+        _call()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stop", [False, True])
+def test_cuda_matches_the_cpu_handlers(stop):
+    if "cuda" not in backend.register() or jax.default_backend() != "gpu":
+        pytest.skip("no CUDA handlers or no JAX GPU backend")
+    mean, log_var = (_jax(t) for t in _params([4, 33], "float32"))
+    upstream = tuple(_jax(c) for c in _cotangents(_params([4, 33], "float32")[0], 3))
+
+    def run(device):
+        args = jax.device_put((mean, log_var, upstream), device)
+        return jax.jit(lambda m, lv, u: _jax_forward_and_vjp(
+            m, lv, 3, jnp.asarray([5, -6], jnp.int32), stop, u))(*args)
+
+    gpu, cpu = run(jax.devices("gpu")[0]), run(jax.devices("cpu")[0])
+    # Device logf/sincosf may differ from the host's in the last bits.
+    for a, e in zip(jax.tree.leaves(gpu), jax.tree.leaves(cpu)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e),
+                                   rtol=1e-4, atol=1e-4)
