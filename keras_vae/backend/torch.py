@@ -240,7 +240,8 @@ def reparameterize_kl(
             ``[2]`` (on any device; it is read on the host, so a CUDA seed
             costs a synchronization). Words are sign-extended to 64 bits, so
             ``[-1, 2]`` draws what TensorFlow draws from ``[-1, 2]``. It gets
-            no gradient.
+            no gradient. Under ``torch.compile`` pass a tensor: a new tensor
+            value reuses the compiled graph, new Python ints recompile it.
         stop_log_ratio_param_grad: a Python bool: stop the gradient through
             ``mean`` and ``log_var`` inside ``log_ratio``'s log q term, keeping
             the path through ``z`` (the STL and DReG estimators).
