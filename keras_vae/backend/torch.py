@@ -241,7 +241,8 @@ def reparameterize_kl(
             costs a synchronization). Words are sign-extended to 64 bits, so
             ``[-1, 2]`` draws what TensorFlow draws from ``[-1, 2]``. It gets
             no gradient. Under ``torch.compile`` pass a tensor: a new tensor
-            value reuses the compiled graph, new Python ints recompile it.
+            value reuses the compiled graph, where new Python ints recompile
+            it (once, before PyTorch makes them dynamic).
         stop_log_ratio_param_grad: a Python bool: stop the gradient through
             ``mean`` and ``log_var`` inside ``log_ratio``'s log q term, keeping
             the path through ``z`` (the STL and DReG estimators).
