@@ -12,6 +12,7 @@
 
 #include "cpu/normals.h"
 #include "cpu/reparam_kl_cpu.h"
+#include "python/ffi_capsules.h"
 #include "reparam_kl.h"
 #include "shapes.h"
 #if KERAS_VAE_WITH_CUDA
@@ -160,4 +161,5 @@ PYBIND11_MODULE(_kernels, m) {
 #if KERAS_VAE_WITH_CUDA
   register_cuda_entry(m);
 #endif
+  register_ffi_capsules(m);
 }

@@ -1,0 +1,267 @@
+"""The fused kernels on PyTorch: ``torch.library`` custom ops.
+
+``keras_vae::reparameterize_kl`` and ``keras_vae::reparameterize_kl_grad``
+call ``keras_vae._kernels``: its NumPy entry on CPU tensors (sharing their
+memory) and, in CUDA builds, its CUDA entry on CUDA tensors, on PyTorch's
+current stream. Both ops have fake (meta) implementations and the forward
+op's autograd formula calls the grad op, so they trace under
+``torch.compile`` (``fullgraph=True``) as single nodes.
+
+>>> z, kl, log_ratio = reparameterize_kl(mean, log_var, 5, seed=[1, 2])
+
+Noise contract: for the same inputs and seed the outputs equal those of
+``keras_vae.ops.reparameterize_kl`` on TensorFlow bit for bit, since ``eps``
+is ``tf.random.stateless_normal([K, *mean.shape], seed)`` drawn by the same
+kernels.
+"""
+
+import torch
+
+from keras_vae.backend._checks import (
+    check_num_samples,
+    check_params,
+    check_seed,
+    with_sample_axis,
+)
+
+__all__ = ["reparameterize_kl", "available"]
+
+_COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def _kernels():
+    from keras_vae import _kernels
+
+    return _kernels
+
+
+def available():
+    """Whether the fused kernels can run here: ``(True, None)`` or
+    ``(False, reason)``. Said for the CPU; CUDA tensors need a CUDA build
+    (``keras_vae._kernels.build_info()["cuda"]``)."""
+    try:
+        _kernels()
+    except ImportError as e:
+        return False, f"keras_vae._kernels is not built: {e}"
+    return True, None
+
+
+def _seed_words(seed):
+    """The seed tensor's two int64 words as the uint64s the kernels take.
+
+    ``s % 2**64`` is the two's complement of ``s``: int32 seeds were
+    sign-extended when widened to int64, as TensorFlow does.
+    """
+    return [int(w) % 2**64 for w in seed.tolist()]
+
+
+def _name(dtype):
+    return str(dtype).removeprefix("torch.")
+
+
+def _cuda_stream(device):
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+@torch.library.custom_op("keras_vae::reparameterize_kl", mutates_args=())
+def _forward(
+    mean: torch.Tensor,
+    log_var: torch.Tensor,
+    seed: torch.Tensor,
+    num_samples: int,
+    stop_log_ratio_param_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, log_var [..., D] f32/f64, seed int64 [2]) -> (z, kl, log_ratio).
+
+    stop_log_ratio_param_grad changes the gradient only (the autograd
+    formula reads it); the values are the same.
+    """
+    raise NotImplementedError(
+        f"keras_vae::reparameterize_kl has no kernel for {mean.device.type} "
+        "tensors (CPU, and CUDA in CUDA builds)"
+    )
+
+
+@_forward.register_kernel("cpu")
+def _forward_cpu(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
+    outputs = _kernels().cpu_forward(
+        mean.detach().numpy(), log_var.detach().numpy(), num_samples,
+        *_seed_words(seed),
+    )
+    return tuple(torch.from_numpy(x) for x in outputs)
+
+
+def _forward_cuda(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
+    z = mean.new_empty(with_sample_axis(mean.shape, num_samples))
+    kl = mean.new_empty(mean.shape[:-1])
+    log_ratio = mean.new_empty(with_sample_axis(mean.shape[:-1], num_samples))
+    _kernels().cuda_forward(
+        mean.detach(), log_var.detach(), z, kl, log_ratio, num_samples,
+        *_seed_words(seed), stream=_cuda_stream(mean.device),
+    )
+    return z, kl, log_ratio
+
+
+@_forward.register_fake
+def _forward_fake(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
+    return (
+        mean.new_empty(with_sample_axis(mean.shape, num_samples)),
+        mean.new_empty(mean.shape[:-1]),
+        mean.new_empty(with_sample_axis(mean.shape[:-1], num_samples)),
+    )
+
+
+@torch.library.custom_op("keras_vae::reparameterize_kl_grad", mutates_args=())
+def _backward(
+    mean: torch.Tensor,
+    log_var: torch.Tensor,
+    seed: torch.Tensor,
+    grad_z: torch.Tensor,
+    grad_kl: torch.Tensor,
+    grad_log_ratio: torch.Tensor,
+    stop_log_ratio_param_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of mean and log_var; the noise is regenerated from the
+    seed, and K is read from grad_z."""
+    raise NotImplementedError(
+        f"keras_vae::reparameterize_kl_grad has no kernel for "
+        f"{mean.device.type} tensors (CPU, and CUDA in CUDA builds)"
+    )
+
+
+@_backward.register_kernel("cpu")
+def _backward_cpu(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
+                  stop_log_ratio_param_grad):
+    grads = _kernels().cpu_backward(
+        mean.detach().numpy(), log_var.detach().numpy(), grad_z.shape[0],
+        *_seed_words(seed), grad_z.detach().numpy(), grad_kl.detach().numpy(),
+        grad_log_ratio.detach().numpy(), stop_log_ratio_param_grad,
+    )
+    return tuple(torch.from_numpy(g) for g in grads)
+
+
+def _backward_cuda(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
+                   stop_log_ratio_param_grad):
+    grad_mean, grad_log_var = torch.empty_like(mean), torch.empty_like(log_var)
+    _kernels().cuda_backward(
+        mean.detach(), log_var.detach(), grad_z.detach(), grad_kl.detach(),
+        grad_log_ratio.detach(), grad_mean, grad_log_var, grad_z.shape[0],
+        *_seed_words(seed), stop_params=stop_log_ratio_param_grad,
+        stream=_cuda_stream(mean.device),
+    )
+    return grad_mean, grad_log_var
+
+
+@_backward.register_fake
+def _backward_fake(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
+                   stop_log_ratio_param_grad):
+    return torch.empty_like(mean), torch.empty_like(log_var)
+
+
+def _register_cuda_kernels():
+    """CUDA kernels exist only in CUDA builds; elsewhere CUDA tensors get
+    the default's error."""
+    try:
+        cuda = _kernels().build_info()["cuda"]
+    except ImportError:
+        return
+    if cuda:
+        _forward.register_kernel("cuda")(_forward_cuda)
+        _backward.register_kernel("cuda")(_backward_cuda)
+
+
+_register_cuda_kernels()
+
+
+def _setup_context(ctx, inputs, output):
+    mean, log_var, seed, _, stop = inputs
+    ctx.save_for_backward(mean, log_var, seed)
+    ctx.stop = stop
+
+
+def _autograd_backward(ctx, grad_z, grad_kl, grad_log_ratio):
+    mean, log_var, seed = ctx.saved_tensors
+    grad_mean, grad_log_var = _backward(
+        mean, log_var, seed, grad_z.contiguous(), grad_kl.contiguous(),
+        grad_log_ratio.contiguous(), ctx.stop,
+    )
+    return grad_mean, grad_log_var, None, None, None
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _seed(seed):
+    """seed as an int64 [2] CPU tensor (int32 words sign-extended).
+
+    On the CPU, so that the ops dispatch on mean's device alone.
+    """
+    if not isinstance(seed, torch.Tensor):
+        try:
+            seed = torch.tensor(seed, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(
+                f"seed must be a pair of ints or an int tensor, got {seed!r}"
+            ) from e
+    check_seed(_name(seed.dtype), seed.shape)
+    return seed.to(device="cpu", dtype=torch.int64)
+
+
+def _check(mean, log_var):
+    if not isinstance(mean, torch.Tensor) or not isinstance(log_var, torch.Tensor):
+        raise TypeError(
+            "mean and log_var must be torch tensors, got "
+            f"{type(mean).__name__} and {type(log_var).__name__}"
+        )
+    check_params(_name(mean.dtype), _name(log_var.dtype), mean.shape,
+                 log_var.shape)
+    if log_var.device != mean.device:
+        raise ValueError(
+            f"log_var must be on the device of mean, got mean on {mean.device} "
+            f"and log_var on {log_var.device}"
+        )
+
+
+def reparameterize_kl(
+    mean, log_var, num_samples, seed, stop_log_ratio_param_grad=False
+):
+    """Reparameterized samples of N(mean, exp(log_var)), KL and log-ratio.
+
+    Differentiable (the backward kernel regenerates the noise from the
+    seed) and traceable by ``torch.compile`` with ``fullgraph=True``.
+
+    Args:
+        mean: tensor ``[..., D]`` on the CPU (or CUDA, in CUDA builds):
+            float16, bfloat16, float32 or float64. 16-bit types are computed
+            in float32 and rounded once, as on TensorFlow.
+        log_var: tensor of the shape, dtype and device of ``mean``.
+        num_samples: K, a Python int >= 1.
+        seed: a pair of Python ints or an int32/int64 tensor of shape
+            ``[2]`` (on any device; it is read on the host, so a CUDA seed
+            costs a synchronization). Words are sign-extended to 64 bits, so
+            ``[-1, 2]`` draws what TensorFlow draws from ``[-1, 2]``. It gets
+            no gradient. Under ``torch.compile`` pass a tensor: a new tensor
+            value reuses the compiled graph, where new Python ints recompile
+            it (once, before PyTorch makes them dynamic).
+        stop_log_ratio_param_grad: a Python bool: stop the gradient through
+            ``mean`` and ``log_var`` inside ``log_ratio``'s log q term, keeping
+            the path through ``z`` (the STL and DReG estimators).
+
+    Returns:
+        ``(z, kl, log_ratio)`` in the dtype of ``mean``: ``z`` ``[K, ..., D]``,
+        ``kl`` ``[...]``, ``log_ratio`` ``[K, ...]``, as
+        ``keras_vae.ops.reparameterize_kl``.
+
+    Raises:
+        ValueError, TypeError: naming the bad argument.
+    """
+    _check(mean, log_var)
+    num_samples = check_num_samples(num_samples)
+    seed = _seed(seed)
+    dtype = mean.dtype
+    compute = dtype if dtype in _COMPUTE_DTYPES else torch.float32
+    outputs = _forward(
+        mean.to(compute).contiguous(), log_var.to(compute).contiguous(), seed,
+        num_samples, bool(stop_log_ratio_param_grad),
+    )
+    return tuple(x.to(dtype) for x in outputs)
