@@ -205,9 +205,7 @@ def test_non_contiguous_inputs_equal_their_contiguous_copies():
     [
         [0, 4],
         [2, 0, 5],
-        pytest.param([3, 0], marks=pytest.mark.xfail(
-            reason="_kernels.cpu_forward counts no rows when D == 0 and "
-                   "leaves kl and log_ratio unwritten (shape_of)")),
+        [3, 0],
     ],
     ids=str,
 )
