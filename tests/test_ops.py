@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_vae import ops
+from keras_vae.backend import tensorflow as tf_backend
 
 tfd = tfp.distributions
 
@@ -676,9 +677,9 @@ def test_reference_gradients_under_jit_compile(dtype):
 
 @pytest.fixture
 def library_unloaded(monkeypatch):
-    monkeypatch.setattr(ops, "_library", None)
-    monkeypatch.setattr(ops, "_load_error", "libfoo.so: cannot open file.")
-    monkeypatch.setattr(ops, "_warned_fallback", False)
+    monkeypatch.setattr(tf_backend, "_library", None)
+    monkeypatch.setattr(tf_backend, "_load_error", "libfoo.so: cannot open file.")
+    monkeypatch.setattr(tf_backend, "_warned_fallback", False)
 
 
 def test_auto_falls_back_with_one_warning(library_unloaded):

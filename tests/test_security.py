@@ -113,13 +113,13 @@ NETWORK_MODULES = {
 DYNAMIC_CODE_CALLS = {"eval", "exec", "compile", "__import__"}
 FORBIDDEN_ATTRIBUTES = {
     "get_file",  # keras.utils.get_file: fetches any URL
-    "load_op_library",  # only ops.py's loader may load a library
+    "load_op_library",  # only the TensorFlow backend's loader may load a library
     "load_library",
     "enable_unsafe_deserialization",
     "Lambda",
 }
 # The one place allowed to load the op library.
-LIBRARY_LOADER = PACKAGE_DIR / "ops.py"
+LIBRARY_LOADER = PACKAGE_DIR / "backend" / "tensorflow.py"
 
 
 def _package_sources():
@@ -181,7 +181,7 @@ def test_source_scan_catches_what_it_forbids(tmp_path):
 
 
 def test_library_loader_looks_only_in_the_package_directory():
-    """ops.py builds candidate paths from its own directory, with no
+    """The loader builds candidate paths from the package directory, with no
     environment or current-directory input."""
     source = LIBRARY_LOADER.read_text()
     tree = ast.parse(source)

@@ -23,6 +23,7 @@ from helpers.processes import (
     run_python,
 )
 from keras_vae import _kernels, ops
+from keras_vae.backend import tensorflow as tf_backend
 
 ALL_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
@@ -301,9 +302,9 @@ def test_library_built_for_another_tensorflow_is_not_loaded(tmp_path):
 
 @pytest.fixture
 def xla_library_unloaded(monkeypatch):
-    monkeypatch.setattr(ops, "_xla_library", None)
-    monkeypatch.setattr(ops, "_xla_load_error", "libxla.so: undefined symbol.")
-    monkeypatch.setattr(ops, "_warned_xla_fallback", False)
+    monkeypatch.setattr(tf_backend, "_xla_library", None)
+    monkeypatch.setattr(tf_backend, "_xla_load_error", "libxla.so: undefined symbol.")
+    monkeypatch.setattr(tf_backend, "_warned_xla_fallback", False)
 
 
 def test_fused_in_xla_without_lowerings_raises_naming_why(xla_library_unloaded):

@@ -193,3 +193,10 @@ def reparameterize_kl(
         bool(stop_log_ratio_param_grad),
     )
     return tuple(x.astype(dtype) for x in outputs)
+
+
+def reference_normal(shape, seed, dtype):
+    """Standard normal noise for the reference implementation, from JAX's
+    own generator keyed by the seed's words: not the kernels' stream."""
+    key = jax.random.wrap_key_data(_seed(seed).astype(jnp.uint32)[:2])
+    return jax.random.normal(key, shape, dtype)

@@ -265,3 +265,12 @@ def reparameterize_kl(
         num_samples, bool(stop_log_ratio_param_grad),
     )
     return tuple(x.to(dtype) for x in outputs)
+
+
+def reference_normal(shape, seed, dtype):
+    """Standard normal noise for the reference implementation, from
+    PyTorch's generator seeded by the seed's words: not the kernels'
+    stream."""
+    words = _seed_words(_seed(seed))
+    generator = torch.Generator().manual_seed((words[0] ^ words[1] * 0x9E3779B97F4A7C15) % 2**63)
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype)
