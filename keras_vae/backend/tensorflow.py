@@ -294,32 +294,8 @@ def reparameterize_kl(
     implementation="auto",
     name=None,
 ):
-    """Reparameterized samples of N(mean, exp(log_var)), KL and log-ratio.
-
-    Args:
-        mean: float tensor `[..., D]` (float16, bfloat16, float32 or float64).
-            Half types are computed in float32 and returned in their dtype.
-        log_var: tensor of the shape and dtype of `mean`.
-        num_samples: K, the samples drawn per input; an int >= 1 or an
-            int32 scalar tensor (a compile-time constant inside XLA, since
-            it sets the shape of `z`).
-        seed: shape-`[2]` int32/int64 tensor. The op is stateless: the same
-            seed gives the same outputs. `None` draws one from TensorFlow's
-            global generator.
-        stop_log_ratio_param_grad: stop the gradient through `mean` and
-            `log_var` inside `log_ratio`'s log q term while keeping the path
-            through `z`: the "sticking the landing" and DReG estimators.
-        implementation: `"fused"` (the compiled op, inside XLA too),
-            `"reference"` (pure TensorFlow), or `"auto"`: fused wherever the
-            compiled libraries are loaded, the reference elsewhere.
-        name: optional name scope.
-
-    Returns:
-        `(z, kl, log_ratio)`:
-        - `z`: `[K, ..., D]`, `mean + exp(0.5 * log_var) * eps`;
-        - `kl`: `[...]`, `0.5 * sum_D(exp(lv) + mean**2 - 1 - lv)`;
-        - `log_ratio`: `[K, ...]`, `log q(z|x) - log p(z)`, summed over D.
-    """
+    """`keras_vae.ops.reparameterize_kl` on TensorFlow (see it for the
+    arguments): the custom op, inside XLA its lowering, or the reference."""
     with tf.name_scope(name or "reparameterize_kl"):
         mean = tf.convert_to_tensor(mean)
         log_var = tf.convert_to_tensor(log_var)
