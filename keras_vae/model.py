@@ -9,11 +9,11 @@ from keras import ops
 from keras_vae import bounds
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
-from keras_vae.layers.sampling import SavesSeedState
-from keras_vae.layers.sampling import check_implementation
-from keras_vae.layers.sampling import check_num_samples
+from keras_vae import seeding
+from keras_vae.checks import check_count
+from keras_vae.checks import check_implementation
 from keras_vae.layers.sampling import keras_jit_supported
-from keras_vae.layers.sampling import next_seed
+from keras_vae.seeding import next_seed
 
 OBJECTIVES = ("elbo", "iwae")
 GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
@@ -22,7 +22,7 @@ _Schedule = keras.optimizers.schedules.LearningRateSchedule
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(SavesSeedState, keras.Model):
+class VAE(seeding.SavesSeedState, keras.Model):
     """Variational autoencoder: encoder q(z|x), decoder p(x|z), prior N(0, I).
 
     `fit` maximizes a lower bound on log p(x) per example:
@@ -79,8 +79,9 @@ class VAE(SavesSeedState, keras.Model):
         free_bits: a floor, in nats, on each latent dimension's KL averaged
             over the batch (Kingma et al. 2016); ELBO with the analytic KL and
             the standard estimator only.
-        seed: int initial seed of the model's seed generator (saved with the
-            model), or `None`.
+        seed: the initial seed of the model's seed generator (its state is
+            saved with the model): an int, a pair of ints or `None`; see
+            `keras_vae.seeding`.
         implementation: the op's implementation, see
             `keras_vae.ops.reparameterize_kl`.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
@@ -123,7 +124,7 @@ class VAE(SavesSeedState, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         if objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES}, got {objective!r}"
@@ -172,9 +173,9 @@ class VAE(SavesSeedState, keras.Model):
         self.kl = kl
         self.beta = beta
         self.free_bits = free_bits
-        self.seed = seed
+        self.seed = seeding.config_seed(seed)
         self.implementation = implementation
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = seeding.seed_generator(seed)
         self.supports_jit = keras_jit_supported()
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -398,24 +399,25 @@ class VAE(SavesSeedState, keras.Model):
     # Inference.
 
     def _seeds(self, seed):
-        """The model's generator, or a fresh one for an int `seed`."""
+        """The model's generator, or a fresh one starting at `seed`."""
         if seed is None:
             return self.seed_generator
-        return keras.random.SeedGenerator(seed)
+        return seeding.seed_generator(seed)
 
     def sample(self, n, seed=None, draw=False):
         """Draws from the generative model: z ~ N(0, I), then x given z.
 
         Args:
             n: the number of samples.
-            seed: int seed for reproducible samples; `None` uses the model's
-                seed generator.
+            seed: a seed (int or pair) for reproducible samples; `None`
+                uses the model's seed generator.
             draw: if False, returns the likelihood's mean E[x|z]; if True, a
                 draw x ~ p(x|z).
 
         Returns:
             `[n, *event]`.
         """
+        n = check_count(n, "n")
         seeds = self._seeds(seed)
         z = keras.random.normal((n, self.latent_dim), seed=seeds)
         decoder_output = self.decoder(z)
@@ -429,7 +431,7 @@ class VAE(SavesSeedState, keras.Model):
         Returns:
             `[num_samples, B, *event]`; the samples are not averaged.
         """
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         mean, log_var = self.encode(x)
         z, _, _ = vae_ops.reparameterize_kl(
             mean,
@@ -442,7 +444,7 @@ class VAE(SavesSeedState, keras.Model):
 
     def elbo(self, x, num_samples=1, seed=None):
         """The K-sample ELBO of each example, `[B]`, with the model's KL."""
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         _, _, kl, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )
@@ -452,7 +454,7 @@ class VAE(SavesSeedState, keras.Model):
 
     def iwae_bound(self, x, num_samples=1, seed=None):
         """The K-sample importance-weighted bound of each example, `[B]`."""
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )
@@ -494,8 +496,8 @@ class VAE(SavesSeedState, keras.Model):
         Returns:
             `[N]` float32 estimates.
         """
-        check_num_samples(num_samples)
-        check_num_samples(chunk_size)
+        num_samples = check_count(num_samples)
+        chunk_size = check_count(chunk_size, "chunk_size")
         x = ops.convert_to_tensor(x)
         n = int(x.shape[0])
         batch_size = n if batch_size is None else int(batch_size)

@@ -22,6 +22,8 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 from tensorflow.python.ops import control_flow_util
 
+from keras_vae import seeding
+
 __all__ = [
     "reparameterize_kl",
     "reparameterize_kl_reference",
@@ -224,9 +226,10 @@ def reparameterize_kl(
         log_var: tensor of the shape and dtype of `mean`.
         num_samples: K, the samples drawn per input; an int >= 1 or an
             int32 scalar tensor.
-        seed: shape-`[2]` int32/int64 tensor. The op is stateless: the same
-            seed gives the same outputs. `None` draws one from TensorFlow's
-            global generator.
+        seed: an int `s` (standing for `[s, 0]`), a pair of ints, or a
+            shape-`[2]` int32/int64 tensor; see `keras_vae.seeding`. The op
+            is stateless: the same seed gives the same outputs. `None`
+            draws one from TensorFlow's global generator.
         stop_log_ratio_param_grad: stop the gradient through `mean` and
             `log_var` inside `log_ratio`'s log q term while keeping the path
             through `z`: the "sticking the landing" and DReG estimators.
@@ -246,6 +249,9 @@ def reparameterize_kl(
         log_var = tf.convert_to_tensor(log_var)
         if seed is None:
             seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+        elif not isinstance(seed, (tf.Tensor, tf.Variable)):
+            # The seed forms of `keras_vae.seeding`: an int s is [s, 0].
+            seed = seeding.seed_pair(seed)
         seed = tf.convert_to_tensor(seed)
         num_samples = _num_samples_tensor(num_samples)
         _check_args(mean, log_var, num_samples, seed, implementation)
