@@ -1,8 +1,10 @@
 """`VAE`: a variational autoencoder trained on the ELBO or the IWAE bound."""
 
 import math
+from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -10,15 +12,17 @@ from keras_vae import bounds
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
 from keras_vae import seeding
+from keras_vae.checks import GRADIENT_ESTIMATORS
+from keras_vae.checks import KL_ESTIMATORS
+from keras_vae.checks import OBJECTIVES
 from keras_vae.checks import check_count
 from keras_vae.checks import check_implementation
 from keras_vae.layers.sampling import keras_jit_supported
 from keras_vae.seeding import next_seed
 
-OBJECTIVES = ("elbo", "iwae")
-GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
-KL_ESTIMATORS = ("analytic", "mc")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
+# Bytes of decoder activations one batch of `log_likelihood` may hold.
+LOG_LIKELIHOOD_MEMORY_BUDGET = 256 * 2**20
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -84,6 +88,12 @@ class VAE(seeding.SavesSeedState, keras.Model):
             `keras_vae.seeding`.
         implementation: the op's implementation, see
             `keras_vae.ops.reparameterize_kl`.
+        stop_on_nonfinite: if True (the default), a training step whose loss
+            or gradients hold a NaN or Inf stops `fit` with an
+            InvalidArgumentError naming the step, before the update reaches
+            the weights. Under a `LossScaleOptimizer` (mixed float16) only
+            the loss is checked: that optimizer skips the steps whose scaled
+            gradients overflow, by design.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
 
     Metrics (reset each epoch): `loss`; `elbo` or `iwae`, the bound;
@@ -121,6 +131,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         free_bits=0.0,
         seed=None,
         implementation="auto",
+        stop_on_nonfinite=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -175,6 +186,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.free_bits = free_bits
         self.seed = seeding.config_seed(seed)
         self.implementation = implementation
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
         self.seed_generator = seeding.seed_generator(seed)
         self.supports_jit = keras_jit_supported()
 
@@ -191,8 +203,89 @@ class VAE(seeding.SavesSeedState, keras.Model):
             input_shape = None
         if input_shape is not None:
             self.build(input_shape)
+        self._check_decoder_activation()
 
     # Structure.
+
+    def _check_decoder_activation(self):
+        """A decoder ending in a sigmoid outputs probabilities, which a
+        Bernoulli likelihood on logits would take for logits: the outputs
+        would stay in (0.5, 0.73), silently."""
+        likelihood = self.likelihood
+        if not (
+            isinstance(likelihood, likelihoods_module.Bernoulli)
+            and likelihood.from_logits
+        ):
+            return
+        last = _output_layer(self.decoder)
+        activation = getattr(last, "activation", None)
+        if getattr(activation, "__name__", None) == "sigmoid":
+            raise ValueError(
+                f"The decoder's last layer {last.name!r} applies a sigmoid, "
+                "so it outputs probabilities, but the Bernoulli likelihood "
+                "takes logits. Either drop the final activation (the "
+                "stable choice) or pass likelihood=keras_vae.likelihoods."
+                "Bernoulli(from_logits=False)."
+            )
+
+    def _check_shapes(self, x):
+        """Raises when x's examples are not shaped like the decoder's output
+        (compared where both are known, at trace time)."""
+        try:
+            output_shape = self.decoder.output_shape
+        except (AttributeError, ValueError):
+            return
+        if not isinstance(output_shape, tuple) or x.shape.rank is None:
+            return
+        x_event = tuple(x.shape[1:])
+        out_event = tuple(output_shape[1:])
+        if len(x_event) == len(out_event) and all(
+            a is None or b is None or a == b
+            for a, b in zip(x_event, out_event)
+        ):
+            return
+        hint = ""
+        if x_event + (1,) == out_event:
+            hint = " Add the channel axis: x[..., None]."
+        raise ValueError(
+            f"x has examples of shape {x_event} (x: {tuple(x.shape)}), but "
+            f"the decoder outputs examples of shape {out_event} (decoder "
+            f"output: {output_shape}); they must be the same.{hint}"
+        )
+
+    def check_data(self, x):
+        """Checks examples `x` (an array or tensor) against the model.
+
+        Raises a ValueError when their shape differs from the decoder's
+        output, or when they leave the likelihood's support (e.g. 0-255
+        images with a Bernoulli likelihood) or hold NaN or Inf. `fit`,
+        `evaluate` and `log_likelihood` run it on their array input, or on
+        the first batch of a `tf.data.Dataset`.
+        """
+        x = ops.convert_to_tensor(x)
+        self._check_shapes(x)
+        self.likelihood.check_support(x)
+
+    def _check_input(self, data):
+        """`check_data` on an array, or a dataset's first batch."""
+        if data is None:
+            return
+        if isinstance(data, tf.data.Dataset):
+            for batch in data.take(1):
+                data = batch
+        if isinstance(data, (tuple, list)):
+            data = keras.utils.unpack_x_y_sample_weight(tuple(data))[0]
+        if isinstance(data, (np.ndarray, tf.Tensor)):
+            self.check_data(data)
+
+    def fit(self, x=None, *args, validation_data=None, **kwargs):
+        self._check_input(x)
+        self._check_input(validation_data)
+        return super().fit(x, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_input(x)
+        return super().evaluate(x, *args, **kwargs)
 
     def _build_likelihood(self):
         if self.likelihood.built:
@@ -262,6 +355,8 @@ class VAE(seeding.SavesSeedState, keras.Model):
 
     def _posterior_samples(self, x, num_samples, seed, stop=False):
         """Encode, sample, decode: `(mean, log_var, kl, log_ratio, log_px_z)`."""
+        x = ops.convert_to_tensor(x)
+        self._check_shapes(x)
         mean, log_var = self.encode(x)
         z, kl, log_ratio = vae_ops.reparameterize_kl(
             mean,
@@ -381,12 +476,41 @@ class VAE(seeding.SavesSeedState, keras.Model):
             del tape
         return gradients, variables, losses, report
 
+    def _nonfinite_check(self, loss, gradients):
+        """An op that fails unless the loss and the gradients are finite."""
+        checked = [loss]
+        if not isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            checked += [g for g in gradients if g is not None]
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(t)) for t in checked]
+        )
+        step = self.optimizer.iterations + 1
+        return tf.debugging.Assert(
+            finite,
+            [
+                "keras_vae: the loss or a gradient is NaN or Inf at training "
+                "step (counted from 1)",
+                step,
+                "; the weights were not updated. Look for NaN/Inf in the "
+                "data or a diverging learning rate (stop_on_nonfinite=False "
+                "turns this check off).",
+            ],
+        )
+
     def train_step(self, data):
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         gradients, variables, losses, report = self.compute_gradients(
             x, sample_weight
         )
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        checks = []
+        if self.stop_on_nonfinite:
+            checks.append(self._nonfinite_check(losses["loss"], gradients))
+        # The update (weights and step counter) waits on the check, so a
+        # failing step raises before it changes anything.
+        with tf.control_dependencies(checks):
+            self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(losses["loss"], report, sample_weight)
 
     def test_step(self, data):
@@ -470,51 +594,70 @@ class VAE(seeding.SavesSeedState, keras.Model):
     def log_likelihood(
         self,
         x,
-        num_samples=5000,
-        batch_size=None,
-        chunk_size=500,
-        seed=None,
+        num_samples: int = 5000,
+        batch_size: Optional[int] = None,
+        chunk_size: int = 500,
+        seed: seeding.SeedLike = None,
         verbose="auto",
     ):
         """Importance-sampling estimate of log p(x) per example.
 
         Burda et al. 2015: `log (1/S) sum_s p(x, z_s) / q(z_s|x)` with
         z_s ~ q(z|x), which tends to log p(x) from below as S grows. The S
-        samples are drawn `chunk_size` at a time and combined with a
-        logsumexp across chunks, so memory is bounded by
-        `chunk_size * batch_size` decoder outputs.
+        samples are drawn `chunk_size` at a time for `batch_size` examples
+        at a time, and combined with a logsumexp across chunks.
+
+        **Memory** is bounded by one chunk of one batch, and does not grow
+        with N: with the default `batch_size=None` the batch is the largest
+        whose chunk of decoder activations (estimated from the decoder's
+        layer output sizes, times `chunk_size`) fits in
+        `LOG_LIKELIHOOD_MEMORY_BUDGET` bytes (256 MiB), at least 1 example.
+        For the README's MLP on 28x28 images that is 60 examples per batch;
+        measured peak memory: BENCHMARKS.md.
 
         Args:
-            x: the examples, `[N, ...]`.
+            x: the examples: an array `[N, ...]`, or a `tf.data.Dataset` or
+                any iterable of batches (of x, or of `(x, ...)` tuples).
             num_samples: S, the importance samples per example.
-            batch_size: examples per batch; `None` for all at once.
+            batch_size: examples per batch (batches of a dataset are split
+                to it); `None` derives it from the memory budget.
             chunk_size: samples drawn at a time.
-            seed: int seed; `None` uses the model's seed generator.
+            seed: a seed (int or pair); `None` uses the model's seed
+                generator.
             verbose: `"auto"` shows a progress bar when there are 10 or more
-                chunks to run; 0 or 1 force it off or on.
+                chunks to run (always for datasets); 0 or 1 force it off or
+                on.
 
         Returns:
-            `[N]` float32 estimates.
+            `[N]` float32 estimates; `[0]` for no examples.
         """
         num_samples = check_count(num_samples)
         chunk_size = check_count(chunk_size, "chunk_size")
-        x = ops.convert_to_tensor(x)
-        n = int(x.shape[0])
-        batch_size = n if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size is None:
+            batch_size = self._log_likelihood_batch_size(chunk_size)
+        batch_size = check_count(batch_size, "batch_size")
         chunks = [chunk_size] * (num_samples // chunk_size)
         if num_samples % chunk_size:
             chunks.append(num_samples % chunk_size)
-        starts = range(0, n, batch_size)
-        steps = len(starts) * len(chunks)
+
+        if _is_batch_iterable(x):
+            batches, steps = _sub_batches(x, batch_size), None
+        else:
+            x = ops.convert_to_tensor(x)
+            n = int(x.shape[0])
+            batches = (
+                x[start : start + batch_size]
+                for start in range(0, n, batch_size)
+            )
+            steps = -(-n // batch_size) * len(chunks)
         if verbose == "auto":
-            verbose = int(steps >= 10)
+            verbose = int(steps is None or steps >= 10)
         progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="chunk")
         seeds = self._seeds(seed)
         estimates = []
-        for start in starts:
-            x_batch = x[start : start + batch_size]
+        for x_batch in batches:
+            if not estimates:
+                self.check_data(x_batch)
             chunk_lse = []
             for k in chunks:
                 chunk_lse.append(
@@ -524,7 +667,17 @@ class VAE(seeding.SavesSeedState, keras.Model):
             estimates.append(
                 bounds.combine_log_mean_exp(ops.stack(chunk_lse), num_samples)
             )
+        if not estimates:
+            return ops.zeros((0,), "float32")
         return ops.concatenate(estimates, axis=0)
+
+    def _log_likelihood_batch_size(self, chunk_size):
+        """Examples per batch whose chunk fits LOG_LIKELIHOOD_MEMORY_BUDGET."""
+        per_sample = _activation_floats(self.decoder)
+        # The likelihood's terms and the log-weights: about two more outputs.
+        per_sample += 2 * _event_size(self.decoder)
+        per_example = 4 * per_sample * chunk_size
+        return max(1, LOG_LIKELIHOOD_MEMORY_BUDGET // max(per_example, 1))
 
     # Serialization.
 
@@ -578,6 +731,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
             "free_bits": self.free_bits,
             "seed": self.seed,
             "implementation": self.implementation,
+            "stop_on_nonfinite": self.stop_on_nonfinite,
         }
 
     @classmethod
@@ -607,6 +761,62 @@ def _replica_logs(logs):
     ):
         return {name: ops.reshape(value, [1]) for name, value in logs.items()}
     return logs
+
+
+def _is_batch_iterable(x):
+    """Whether x is a dataset or iterable of batches rather than an array."""
+    if isinstance(x, tf.data.Dataset):
+        return True
+    if isinstance(x, (np.ndarray, tf.Tensor, list, tuple)) or hasattr(
+        x, "shape"
+    ):
+        return False
+    return hasattr(x, "__iter__")
+
+
+def _sub_batches(batches, batch_size):
+    """The x of each batch, split to at most `batch_size` examples."""
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            batch = keras.utils.unpack_x_y_sample_weight(tuple(batch))[0]
+        batch = ops.convert_to_tensor(batch)
+        for start in range(0, int(batch.shape[0]), batch_size):
+            yield batch[start : start + batch_size]
+
+
+def _event_size(decoder):
+    try:
+        return int(np.prod(decoder.output_shape[1:]))
+    except (AttributeError, ValueError, TypeError):
+        return 1
+
+
+def _activation_floats(decoder):
+    """Floats of all the decoder's layer outputs for one z (an estimate of
+    its activation memory); the output size for a non-Functional decoder."""
+    total = 0
+    for layer in getattr(decoder, "layers", []):
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if all(d is not None for d in shape[1:]):
+            total += int(np.prod(shape[1:]))
+    return total or _event_size(decoder)
+
+
+def _output_layer(model):
+    """The layer that computes `model`'s output, looking through layers that
+    only reshape it."""
+    reshaping = (
+        keras.layers.Reshape,
+        keras.layers.Flatten,
+        keras.layers.Permute,
+    )
+    for layer in reversed(getattr(model, "layers", [])):
+        if not isinstance(layer, reshaping):
+            return layer
+    return None
 
 
 def _weighted_mean(values, sample_weight):
