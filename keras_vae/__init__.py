@@ -1,10 +1,12 @@
 """keras-vae: variational autoencoders for Keras 3 on a fused TensorFlow op.
 
 The package imports lazily: `import keras_vae` alone imports no framework, so
-that the command line answers `--help` at once. The first use of anything in
-it (`keras_vae.VAE`, `keras_vae.layers`, ...) imports Keras and registers the
-package's serializable classes, which `keras.models.load_model` needs. When
-Keras is already imported, `import keras_vae` registers them at once.
+that the command line answers `--help` at once. Each submodule is imported on
+first use (`keras_vae.layers`, `keras_vae.datasets`, ...). The serializable
+classes that `keras.models.load_model` looks up by name (the layers, the
+likelihoods, `VAE`) are registered when `keras_vae` is imported after Keras
+(`import keras` first, as usual), on first use of `keras_vae.VAE`, or by
+`keras_vae.load_model`.
 """
 
 import importlib
@@ -68,7 +70,8 @@ def __getattr__(name):
         _register()
         return getattr(importlib.import_module(_ATTRIBUTES[name]), name)
     if name in _SUBMODULES:
-        _register()
+        # No registration here: the package's own modules import each other
+        # through this path, and must not re-enter a half-imported module.
         return importlib.import_module(f"keras_vae.{name}")
     raise AttributeError(f"module 'keras_vae' has no attribute {name!r}")
 

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import numbers
 
+# The VAE's choices, here so that the command line lists them without
+# importing a framework.
+OBJECTIVES = ("elbo", "iwae")
+GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
+KL_ESTIMATORS = ("analytic", "mc")
+
 
 def check_count(value, name: str = "num_samples", allow_none: bool = False):
     """`value` as a Python int >= 1 (or None when allowed).
