@@ -253,7 +253,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
             f"output: {output_shape}); they must be the same.{hint}"
         )
 
-    def check_data(self, x):
+    def check_data(self, x) -> None:
         """Checks examples `x` (an array or tensor) against the model.
 
         Raises a ValueError when their shape differs from the decoder's
@@ -328,7 +328,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
 
     # The generative model and the posterior.
 
-    def encode(self, x):
+    def encode(self, x) -> tuple:
         """q(z|x)'s parameters `(mean, log_var)`, each `[B, D]`, float32."""
         outputs = self.encoder(x)
         if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
@@ -528,7 +528,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
             return self.seed_generator
         return seeding.seed_generator(seed)
 
-    def sample(self, n, seed=None, draw=False):
+    def sample(
+        self, n: int, seed: seeding.SeedLike = None, draw: bool = False
+    ):
         """Draws from the generative model: z ~ N(0, I), then x given z.
 
         Args:
@@ -549,7 +551,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
             return self.likelihood.sample(decoder_output, seed=seeds)
         return self.likelihood.mean(decoder_output)
 
-    def reconstruct(self, x, num_samples=1, seed=None):
+    def reconstruct(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """K reconstructions per example, E[x|z_k] for z_k ~ q(z|x).
 
         Returns:
@@ -566,7 +570,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
         )
         return self.likelihood.mean(self.decode(z))
 
-    def elbo(self, x, num_samples=1, seed=None):
+    def elbo(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """The K-sample ELBO of each example, `[B]`, with the model's KL."""
         num_samples = check_count(num_samples)
         _, _, kl, log_ratio, log_px_z = self._posterior_samples(
@@ -576,7 +582,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
             return bounds.elbo_mc(log_px_z, log_ratio)
         return bounds.elbo(log_px_z, kl)
 
-    def iwae_bound(self, x, num_samples=1, seed=None):
+    def iwae_bound(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """The K-sample importance-weighted bound of each example, `[B]`."""
         num_samples = check_count(num_samples)
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
@@ -612,7 +620,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         whose chunk of decoder activations (estimated from the decoder's
         layer output sizes, times `chunk_size`) fits in
         `LOG_LIKELIHOOD_MEMORY_BUDGET` bytes (256 MiB), at least 1 example.
-        For the README's MLP on 28x28 images that is 60 examples per batch;
+        For the MLP preset on 28x28 images that is 37 examples per batch;
         measured peak memory: BENCHMARKS.md.
 
         Args:
