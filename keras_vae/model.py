@@ -504,13 +504,18 @@ class VAE(seeding.SavesSeedState, keras.Model):
         gradients, variables, losses, report = self.compute_gradients(
             x, sample_weight
         )
-        checks = []
-        if self.stop_on_nonfinite:
-            checks.append(self._nonfinite_check(losses["loss"], gradients))
-        # The update (weights and step counter) waits on the check, so a
-        # failing step raises before it changes anything.
-        with tf.control_dependencies(checks):
+        if not self.stop_on_nonfinite:
             self.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            # The optimizer's variables are created outside the check's
+            # control context, from which XLA cannot lift them.
+            if not self.optimizer.built:
+                self.optimizer.build(variables)
+            check = self._nonfinite_check(losses["loss"], gradients)
+            # The update (weights and step counter) waits on the check, so a
+            # failing step raises before it changes anything.
+            with tf.control_dependencies([check]):
+                self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(losses["loss"], report, sample_weight)
 
     def test_step(self, data):
