@@ -122,7 +122,8 @@ def _end_to_end_table(rows):
     names = list(rows[0]["candidates"])
     header = ["K", "steps per call"]
     header += [f"{n} (examples/s)" for n in names]
-    header += ["speed-up of VAE over best plain Keras"]
+    header += ["speed-up of VAE over best plain Keras",
+               "cost of the NaN check (paired)"]
     body = []
     for row in rows:
         cells = [row["K"], row["steps"]]
@@ -130,6 +131,8 @@ def _end_to_end_table(rows):
             f"{row['candidates'][n]['examples_per_s']:,.0f}" for n in names
         ]
         cells.append(f"**{row['summary']['ratio_vs_best_plain']:.2f}×**")
+        cost = row["summary"].get("nonfinite_check_cost")
+        cells.append("" if cost is None else f"{100 * cost:+.1f}%")
         body.append(cells)
     return _table(header, body)
 
