@@ -104,7 +104,10 @@ class VAE(seeding.SavesSeedState, keras.Model):
     mean, so `predict` works.
 
     Saving: `model.save("m.keras")` and `keras.models.load_model("m.keras")`
-    need no `custom_objects` once `keras_vae` is imported. `model.export`
+    need no `custom_objects` once keras-vae's classes are registered:
+    `import keras_vae` after `import keras`, any use of `keras_vae.VAE`, or
+    `keras_vae.load_model` (which also says when a file is truncated or
+    corrupt). The seed generator's state is saved too. `model.export`
     writes a SavedModel of `call`; graphs that contain the fused op (for
     example an encoder with a `Sampling` layer) need the op library, so
     `import keras_vae` before `tf.saved_model.load`.
