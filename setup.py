@@ -41,6 +41,8 @@ class CMakeBuild(build_ext):
 
 setup(
     packages=find_packages(include=["keras_vae", "keras_vae.*"]),
+    # PEP 561: the package's type hints are for users' type checkers too.
+    package_data={"keras_vae": ["py.typed"]},
     ext_modules=[
         CMakeExtension("keras_vae._reparam_kl_ops"),
         CMakeExtension("keras_vae._reparam_kl_xla"),

@@ -58,7 +58,9 @@ def _label(name, backend):
 def _best(timings, prefix, backend=None):
     names = [
         n for n in timings
+        # Options that isolate a cost are controls, not configurations.
         if n.startswith(prefix) and "reference" not in n
+        and "no NaN check" not in n
         and (backend is None or n.endswith(f"({backend})"))
     ]
     return min(names, key=lambda n: timings[n]["median_s"]) if names else None
@@ -66,7 +68,8 @@ def _best(timings, prefix, backend=None):
 
 def summarize(timings):
     """keras-vae's fastest candidate against the plain VAE's: overall, on
-    TensorFlow and on JAX, as paired ratios (plain time / keras-vae time)."""
+    TensorFlow and on JAX, as paired ratios (plain time / keras-vae time);
+    and what the VAE's check for non-finite steps costs."""
     vae = _best(timings, "keras_vae.VAE")
     summary = {"best_keras_vae": vae}
     for key, backend in (("", None), ("_tf", "tensorflow"), ("_jax", "jax")):
@@ -76,6 +79,13 @@ def summarize(timings):
             summary[f"ratio_vs_best_plain{key}"] = paired_ratio(
                 timings[plain], timings[vae]
             )
+    checked = "keras_vae.VAE (tensorflow)"
+    unchecked = "keras_vae.VAE, no NaN check (tensorflow)"
+    if checked in timings and unchecked in timings:
+        # Time with the check over time without it, less one.
+        summary["nonfinite_check_cost"] = (
+            paired_ratio(timings[checked], timings[unchecked]) - 1.0
+        )
     return summary
 
 

@@ -3,10 +3,12 @@
     python -m benchmarks.results_table [runs/results]
 
 Reads each run's metrics.json (the evaluation that `keras-vae evaluate`
-merged into it) and per_example.npz, and prints a markdown table of the test
-bounds, the log-likelihood and the active units, then the paired differences
-of log-likelihood between models on the same test images, whose standard
-errors do not carry the spread between images.
+merged into it, whose means and standard errors it prints as they are) and
+per_example.npz, and prints a markdown table of the test bounds, the
+log-likelihood and the active units, then the paired differences of
+log-likelihood between models on the same test images
+(`keras_vae.evaluation.paired_difference`), whose standard errors do not
+carry the spread between images.
 """
 
 import json
@@ -15,11 +17,10 @@ import sys
 
 import numpy as np
 
+from keras_vae.evaluation import format_mean_stderr as _mean_se
+from keras_vae.evaluation import paired_difference
+
 RUNS = (("VAE k=1", "vae-k1"), ("VAE k=50", "vae-k50"), ("IWAE k=50", "iwae-k50"))
-
-
-def _mean_se(values):
-    return f"{values.mean():.2f} ± {values.std(ddof=1) / np.sqrt(len(values)):.2f}"
 
 
 def main(argv=None):
@@ -31,11 +32,11 @@ def main(argv=None):
             evaluation = json.load(f)["evaluation"]
         each = np.load(os.path.join(root, name, "per_example.npz"))
         per_example[label] = each
-        iwae = [_mean_se(each[f"iwae_{k}"]) for k in (1, 5, 50)]
+        iwae = [_mean_se(evaluation["iwae"][str(k)]) for k in (1, 5, 50)]
         rows.append(
-            f"| {label} | {_mean_se(each['log_likelihood'])} | "
-            f"{' | '.join(iwae)} | {_mean_se(each['elbo'])} | "
-            f"{_mean_se(each['kl'])} | {evaluation['active_units']} of "
+            f"| {label} | {_mean_se(evaluation['log_likelihood'])} | "
+            f"{' | '.join(iwae)} | {_mean_se(evaluation['elbo'])} | "
+            f"{_mean_se(evaluation['kl'])} | {evaluation['active_units']} of "
             f"{evaluation['latent_dim']} |"
         )
     n = len(per_example[RUNS[0][0]]["log_likelihood"])
@@ -49,8 +50,8 @@ def main(argv=None):
     print("|---|---|")
     labels = [label for label, _ in RUNS]
     for a, b in ((2, 1), (1, 0), (2, 0)):
-        diff = (per_example[labels[a]]["log_likelihood"]
-                - per_example[labels[b]]["log_likelihood"])
+        diff = paired_difference(per_example[labels[a]]["log_likelihood"],
+                                 per_example[labels[b]]["log_likelihood"])
         print(f"| {labels[a]} − {labels[b]} | {_mean_se(diff)} |")
     return 0
 

@@ -21,13 +21,14 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks import end_to_end  # noqa: E402
 from benchmarks import latent  # noqa: E402
+from benchmarks import log_likelihood  # noqa: E402
 from benchmarks import machine  # noqa: E402
 from benchmarks import memory  # noqa: E402
 from benchmarks import report  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-PARTS = ("latent", "memory", "end_to_end")
+PARTS = ("latent", "memory", "end_to_end", "log_likelihood")
 
 # Sizes and repetitions: --quick stays under two minutes on two cores.
 CONFIGS = {
@@ -42,6 +43,7 @@ CONFIGS = {
         "e2e_steps_per_k": {1: 60, 5: 30, 50: 10},
         "e2e_batch_size": 128,
         "e2e_repeats": 15,
+        "ll_sizes": [100, 400, 1600],
     },
     "quick": {
         "sizes": latent.TARGET_SIZES,
@@ -51,6 +53,7 @@ CONFIGS = {
         "e2e_steps_per_k": {1: 20, 5: 10, 50: 5},
         "e2e_batch_size": 128,
         "e2e_repeats": 3,
+        "ll_sizes": [10, 40],
     },
 }
 
@@ -128,6 +131,10 @@ def main(argv=None):
             cfg["e2e_batch_size"],
             cfg["e2e_repeats"],
             log=log,
+        )
+    if "log_likelihood" in args.parts:
+        results["log_likelihood"] = log_likelihood.run(
+            cfg["ll_sizes"], log=log
         )
     results["elapsed_s"] = time.perf_counter() - start
 

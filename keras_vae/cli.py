@@ -1,6 +1,10 @@
-"""The `keras-vae` command line: train, evaluate, sample, bench.
+"""The `keras-vae` command line: train, evaluate, sample, traverse,
+interpolate, bench.
 
 `python -m keras_vae --help` (or `keras-vae --help`) lists the subcommands.
+User errors (bad arguments, a missing or damaged model, data that does not
+fit the model) print one `error:` line on standard error and exit with
+status 2.
 """
 
 import argparse
@@ -9,11 +13,13 @@ import os
 import sys
 
 # Heavy imports (TensorFlow, Keras, matplotlib) happen inside the commands,
-# so that `--help` and argument errors answer at once.
+# and the package imports lazily, so that `--help` and argument errors
+# answer at once without importing a framework.
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+SPLITS = ("test", "validation", "train")
 
 
 def positive_int(text):
@@ -51,45 +57,72 @@ def fraction(text):
     return value
 
 
+class UsageError(Exception):
+    """A mistake of the user's, reported in one line with exit status 2."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the help names it
+    or there is none to show (flags, unset options)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (
+            "default" not in text
+            and action.default not in (None, argparse.SUPPRESS)
+            and action.option_strings
+            and action.nargs != 0
+        ):
+            default = action.default
+            if isinstance(default, (list, tuple)):
+                default = " ".join(str(v) for v in default)
+            text += f" (default: {default})"
+        return text
+
+
 def _add_data_arguments(parser, defaults_from_run=False):
-    from keras_vae.datasets import BINARIZATIONS, NAMES
+    from keras_vae.data_files import BINARIZATIONS, NAMES
 
     default = None if defaults_from_run else "digits"
     note = " (default: the run's)" if defaults_from_run else ""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset", choices=NAMES, default=default,
-        help=f"dataset to use{note or ' (default: digits)'}",
+        help=f"dataset to use{note}",
     )
     group.add_argument(
         "--data-dir",
-        help="directory searched first for the MNIST/Fashion-MNIST IDX files",
+        help="directory searched first for the MNIST/Fashion-MNIST IDX files "
+        "(default: only the Keras cache and the system directories)",
     )
-    group.add_argument("--npz", help="the .npz file for --dataset npz")
+    group.add_argument("--npz", help="the .npz file for --dataset npz "
+                       "(default: none)")
     group.add_argument(
         "--binarize", choices=BINARIZATIONS,
         default=None if defaults_from_run else "dynamic",
         help="'dynamic' resamples training pixels every epoch (Burda et al. "
-        f"2015); test pixels are binarized once{note or ' (default: dynamic)'}",
+        f"2015); test pixels are binarized once{note}",
     )
     group.add_argument(
         "--no-scale", dest="scale", action="store_false", default=None,
-        help="do not scale pixel values to [0, 1]",
+        help="do not scale pixel values to [0, 1] (default: scale them)",
     )
     group.add_argument(
         "--validation-fraction", type=fraction,
         default=None if defaults_from_run else 0.1,
         help="fraction of the training split held out for validation"
-        f"{note or ' (default: 0.1)'}",
+        f"{note}",
     )
     group.add_argument(
         "--no-download", dest="download", action="store_false",
-        help="never download missing MNIST files",
+        help="never download missing MNIST files (default: download them "
+        "when found nowhere)",
     )
 
 
 def build_parser():
-    from keras_vae.presets import PRESETS
+    from keras_vae.checks import GRADIENT_ESTIMATORS, OBJECTIVES
+    from keras_vae.presets import DEFAULT_LATENT_DIMS, PRESETS
 
     parser = argparse.ArgumentParser(
         prog="keras-vae",
@@ -97,7 +130,11 @@ def build_parser():
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser(
+    def add_command(name, **kwargs):
+        return commands.add_parser(
+            name, formatter_class=_HelpFormatter, **kwargs)
+
+    train = add_command(
         "train", help="train a VAE and write a run directory",
         description="Train a VAE; writes model.keras, history.csv, "
         "metrics.json, samples.png, reconstructions.png (and latent.png for "
@@ -105,50 +142,63 @@ def build_parser():
     )
     _add_data_arguments(train)
     model = train.add_argument_group("model")
+    latent_defaults = ", ".join(
+        f"{v} for {k}" for k, v in DEFAULT_LATENT_DIMS.items())
     model.add_argument("--preset", choices=PRESETS, default="mlp",
-                       help="architecture (default: mlp)")
+                       help="architecture")
     model.add_argument("--latent-dim", type=positive_int,
-                       help="latent dimension (default: 50 for mlp, 16 for "
-                       "conv)")
-    model.add_argument("--objective", choices=("elbo", "iwae"),
-                       default="elbo", help="training bound (default: elbo)")
+                       help=f"latent dimension (default: {latent_defaults})")
+    model.add_argument("--objective", choices=OBJECTIVES,
+                       default="elbo", help="training bound")
     model.add_argument("-k", "--num-samples", type=positive_int, default=1,
-                       help="importance samples K per input (default: 1)")
+                       help="importance samples K per input")
     model.add_argument("--gradient-estimator",
-                       choices=("standard", "stl", "dreg"),
+                       choices=GRADIENT_ESTIMATORS,
                        default="standard",
-                       help="gradient estimator (default: standard)")
+                       help="gradient estimator ('dreg' needs --objective "
+                       "iwae)")
     model.add_argument("--beta", type=non_negative_float, default=1.0,
-                       help="weight of the KL term (default: 1)")
+                       help="weight of the KL term")
     model.add_argument("--warmup-epochs", type=non_negative_int, default=0,
                        help="raise the KL weight linearly from 0 to --beta "
-                       "over this many epochs (default: 0, no warm-up)")
+                       "over this many epochs (0: no warm-up)")
     model.add_argument("--free-bits", type=non_negative_float, default=0.0,
                        help="free bits (nats) per latent dimension")
     fit = train.add_argument_group("optimization")
-    fit.add_argument("--epochs", type=positive_int, default=10)
-    fit.add_argument("--batch-size", type=positive_int, default=100)
+    fit.add_argument("--epochs", type=positive_int, default=10,
+                     help="passes over the training set")
+    fit.add_argument("--batch-size", type=positive_int, default=100,
+                     help="examples per training step")
+    fit.add_argument("--limit", type=positive_int,
+                     help="train on the first N training examples only "
+                     "(default: all)")
     fit.add_argument("--learning-rate", type=positive_float, default=1e-3,
-                     help="initial Adam learning rate (default: 1e-3)")
+                     help="initial Adam learning rate")
     fit.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                      default="constant",
                      help="constant; cosine decay to 0 over the run; or "
                      "exponential, multiplying by --lr-decay every epoch")
     fit.add_argument("--lr-decay", type=positive_float, default=0.95,
                      help="per-epoch factor of the exponential schedule")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--seed", type=int, default=0,
+                     help="seed of the weights, the data order and the noise")
     output = train.add_argument_group("output")
     output.add_argument("-o", "--output", required=True,
                         help="run directory to write")
     output.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs to OUTPUT/logs")
+    output.add_argument("--plot-every", type=non_negative_int, default=0,
+                        help="write grids of prior samples and "
+                        "reconstructions every N epochs to OUTPUT/images "
+                        "(and to TensorBoard with --tensorboard); 0: only "
+                        "at the end")
     output.add_argument("--reconstructions", type=positive_int, default=4,
-                        help="reconstructions shown per input (default: 4)")
+                        help="reconstructions shown per input")
     output.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1,
                         help="Keras verbosity: 0 silent, 1 progress bar, "
                         "2 one line per epoch")
 
-    evaluate = commands.add_parser(
+    evaluate = add_command(
         "evaluate", help="evaluate a saved model on a dataset split",
         description="ELBO, IWAE bounds, log-likelihood (k=5000 by default, "
         "Burda et al. 2015), KL and active units, as mean and standard "
@@ -156,46 +206,91 @@ def build_parser():
     )
     evaluate.add_argument("model", help="a run directory or a .keras file")
     _add_data_arguments(evaluate, defaults_from_run=True)
-    evaluate.add_argument("--split", choices=("test", "validation", "train"),
-                          default="test")
+    evaluate.add_argument("--split", choices=SPLITS, default="test",
+                          help="the split to evaluate")
     evaluate.add_argument("--limit", type=positive_int,
-                          help="evaluate only the first N examples")
+                          help="evaluate only the first N examples "
+                          "(default: all)")
     evaluate.add_argument("--iwae-k", type=positive_int, nargs="+",
                           default=[1, 5, 50],
-                          help="K of the IWAE bounds (default: 1 5 50)")
+                          help="K of the IWAE bounds")
     evaluate.add_argument("--elbo-samples", type=positive_int, default=1,
                           help="samples per example of the ELBO estimate")
     evaluate.add_argument("--ll-samples", type=positive_int, default=5000,
                           help="importance samples of the log-likelihood "
-                          "estimate (default: 5000)")
-    evaluate.add_argument("--batch-size", type=positive_int, default=100)
-    evaluate.add_argument("--seed", type=int, default=0)
+                          "estimate")
+    evaluate.add_argument("--batch-size", type=positive_int, default=100,
+                          help="examples per batch")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the Monte Carlo estimates")
     evaluate.add_argument("-o", "--output",
-                          help="JSON file to write; default: the run's "
-                          "metrics.json (under 'evaluation') for a run "
-                          "directory, else standard output")
-    evaluate.add_argument("--verbose", type=int, choices=(0, 1), default=1)
+                          help="JSON file to write (default: the run's "
+                          "metrics.json, under 'evaluation', for a run "
+                          "directory, else standard output)")
+    evaluate.add_argument("--verbose", type=int, choices=(0, 1), default=1,
+                          help="1 shows a progress bar")
     evaluate.add_argument("--per-example",
                           help="also save each example's values (.npz), for "
-                          "paired comparisons between models")
+                          "paired comparisons between models (default: no)")
 
-    sample = commands.add_parser("sample", help="images from a saved model")
+    sample = add_command(
+        "sample", help="images from a saved model",
+        description="Decodes draws from the prior into a titled PNG grid.")
     sample.add_argument("model", help="a run directory or a .keras file")
-    sample.add_argument("-n", "--num", type=positive_int, default=64)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("-n", "--num", type=positive_int, default=64,
+                        help="number of images")
+    sample.add_argument("--seed", type=int,
+                        help="seed of the draws (default: a fresh one, "
+                        "printed and shown in the title)")
     sample.add_argument("--draw", action="store_true",
                         help="draw pixels from p(x|z) rather than show its "
                         "mean")
     sample.add_argument("-o", "--output", default="samples.png",
-                        help="PNG grid to write (default: samples.png)")
-    sample.add_argument("--npy", help="also save the images as a .npy array")
+                        help="PNG grid to write")
+    sample.add_argument("--npy", help="also save the images as a .npy array "
+                        "(default: no)")
 
-    bench = commands.add_parser(
+    traverse = add_command(
+        "traverse", help="latent traversals of a saved model",
+        description="Sweeps the most active latent dimensions one at a "
+        "time around a test image's posterior mean, the others fixed; one "
+        "row per dimension.")
+    traverse.add_argument("model", help="a run directory or a .keras file")
+    _add_data_arguments(traverse, defaults_from_run=True)
+    traverse.add_argument("--index", type=non_negative_int, default=0,
+                          help="the test image whose code is the centre")
+    traverse.add_argument("--dims", type=positive_int, default=8,
+                          help="how many of the most active dimensions")
+    traverse.add_argument("--steps", type=positive_int, default=9,
+                          help="values per dimension")
+    traverse.add_argument("--span", type=positive_float, default=3.0,
+                          help="sweep from -SPAN to +SPAN prior standard "
+                          "deviations")
+    traverse.add_argument("-o", "--output", default="traversal.png",
+                          help="PNG grid to write")
+
+    interpolate = add_command(
+        "interpolate", help="interpolations between two test images",
+        description="Decodes points on the line between two test images' "
+        "posterior means.")
+    interpolate.add_argument("model",
+                             help="a run directory or a .keras file")
+    _add_data_arguments(interpolate, defaults_from_run=True)
+    interpolate.add_argument("--pair", type=non_negative_int, nargs=2,
+                             default=[0, 1], metavar=("A", "B"),
+                             help="indices of the two test images")
+    interpolate.add_argument("--steps", type=positive_int, default=10,
+                             help="points on the line, ends included")
+    interpolate.add_argument("-o", "--output", default="interpolation.png",
+                             help="PNG grid to write")
+
+    bench = add_command(
         "bench", help="run the benchmark harness (from a source checkout)",
         add_help=False,
     )
     bench.add_argument("args", nargs=argparse.REMAINDER,
-                       help="arguments of the harness")
+                       help="arguments of the harness (see `keras-vae bench "
+                       "--help` in a checkout)")
     return parser
 
 
@@ -209,13 +304,16 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "train":
         _check_data_arguments(parser, args)
-    command = {"train": train, "evaluate": evaluate, "sample": sample}
+    command = {"train": train, "evaluate": evaluate, "sample": sample,
+               "traverse": traverse, "interpolate": interpolate}
     try:
         return command[args.command](args)
-    except FileNotFoundError as error:
-        # Missing data: the message lists where the files were looked for.
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        # The library raises ValueError for arguments and data it cannot
+        # use, FileNotFoundError for missing files (the message of missing
+        # data lists where they were looked for): the user's to fix.
+        print(f"keras-vae {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def _check_data_arguments(parser, args):
@@ -249,7 +347,7 @@ def _data_config(args, fallback=None):
     }
 
 
-def _load_data(config, batch_size, seed, download):
+def _load_data(config, batch_size, seed, download, limit=None):
     from keras_vae import datasets
 
     return datasets.load(
@@ -262,6 +360,7 @@ def _load_data(config, batch_size, seed, download):
         data_dir=config["data_dir"],
         path=config["npz"],
         download=download,
+        limit=limit,
     )
 
 
@@ -269,12 +368,13 @@ def train(args):
     import keras
     import numpy as np
 
-    from keras_vae import VAE, plotting, presets
+    from keras_vae import VAE, callbacks, plotting, presets
 
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     data_config = _data_config(args)
-    data = _load_data(data_config, args.batch_size, args.seed, args.download)
+    data = _load_data(data_config, args.batch_size, args.seed, args.download,
+                      limit=args.limit)
     encoder, decoder = presets.build(
         args.preset, data.image_shape, args.latent_dim,
         train_mean=data.train_mean,
@@ -300,15 +400,22 @@ def train(args):
     fit_callbacks = [
         keras.callbacks.CSVLogger(os.path.join(args.output, "history.csv")),
     ]
+    log_dir = os.path.join(args.output, "logs")
     if args.tensorboard:
-        fit_callbacks.append(keras.callbacks.TensorBoard(
-            os.path.join(args.output, "logs")))
+        fit_callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    if args.plot_every:
+        fit_callbacks.append(callbacks.ImageGrids(
+            data.arrays["test"][:8], os.path.join(args.output, "images"),
+            log_dir=log_dir if args.tensorboard else None,
+            every=args.plot_every, seed=args.seed))
     history = model.fit(
         data.train,
         validation_data=data.validation,
         epochs=args.epochs,
         callbacks=fit_callbacks,
         verbose=args.verbose,
+        # The pipeline shuffles; Keras would warn that it ignores shuffle.
+        shuffle=False,
     )
     model.save(os.path.join(args.output, MODEL_FILE))
 
@@ -337,6 +444,7 @@ def train(args):
             os.path.join(args.output, "latent.png"), np.asarray(means),
             data.arrays["test_labels"],
             title="posterior means of the test set",
+            class_names=data.class_names,
         )
     print(f"wrote {args.output}")
     return 0
@@ -361,43 +469,57 @@ def _resolve_model(path):
     if os.path.isdir(path):
         model_file = os.path.join(path, MODEL_FILE)
         if not os.path.isfile(model_file):
-            sys.exit(f"error: {path} holds no {MODEL_FILE}")
+            raise UsageError(f"{path} holds no {MODEL_FILE}")
         return model_file, path
     if not os.path.isfile(path):
-        sys.exit(f"error: no such model file or run directory: {path}")
+        raise UsageError(f"no such model file or run directory: {path}")
     return path, None
 
 
 def _load_model(model_file):
-    import keras
+    from keras_vae.saving import load_model
 
-    import keras_vae  # noqa: F401 - registers the serializable classes
+    return load_model(model_file)
 
-    return keras.saving.load_model(model_file)
+
+def _run_config(run_dir):
+    """The training options a run directory recorded, or {}."""
+    if run_dir is None:
+        return {}
+    metrics_path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(metrics_path):
+        return {}
+    with open(metrics_path) as f:
+        return json.load(f).get("config", {})
+
+
+def _model_and_split(args, split="test", batch_size=100):
+    """The model of `args.model` and the examples of its run's `split`."""
+    model_file, run_dir = _resolve_model(args.model)
+    run_config = _run_config(run_dir)
+    data_config = _data_config(args, fallback=run_config)
+    if data_config["dataset"] == "npz" and not data_config["npz"]:
+        raise UsageError("--dataset npz needs --npz FILE")
+    data = _load_data(data_config, batch_size, run_config.get("seed", 0),
+                      args.download)
+    x = data.arrays[split]
+    if x is None:
+        raise UsageError(f"this dataset has no {split} split "
+                         "(validation fraction 0)")
+    return model_file, run_dir, _load_model(model_file), x, data_config
 
 
 def evaluate(args):
-    model_file, run_dir = _resolve_model(args.model)
-    run_config = {}
-    metrics_path = None
-    if run_dir is not None:
-        metrics_path = os.path.join(run_dir, METRICS_FILE)
-        if os.path.isfile(metrics_path):
-            with open(metrics_path) as f:
-                run_config = json.load(f).get("config", {})
-    data_config = _data_config(args, fallback=run_config)
-    if data_config["dataset"] == "npz" and not data_config["npz"]:
-        sys.exit("error: --dataset npz needs --npz FILE")
-    data = _load_data(data_config, args.batch_size,
-                      run_config.get("seed", 0), args.download)
-    x = data.arrays[args.split]
-    if x is None:
-        sys.exit(f"error: this dataset has no {args.split} split "
-                 "(validation fraction 0)")
+    from keras_vae.evaluation import evaluate_arrays
+
+    model_file, run_dir, model, x, data_config = _model_and_split(
+        args, args.split, args.batch_size)
+    metrics_path = (None if run_dir is None
+                    else os.path.join(run_dir, METRICS_FILE))
     if args.limit is not None:
         x = x[: args.limit]
+    model.check_data(x)
 
-    model = _load_model(model_file)
     results = evaluate_arrays(
         model, x,
         iwae_ks=args.iwae_k,
@@ -443,77 +565,6 @@ def evaluate(args):
     return 0
 
 
-def evaluate_arrays(model, x, iwae_ks=(1, 5, 50), elbo_samples=1,
-                    ll_samples=5000, batch_size=100, seed=0, verbose=1):
-    """Evaluates `model` on the examples `x`, one batch at a time.
-
-    Returns a dict of per-example means and standard errors of the ELBO, the
-    IWAE bounds at each K, the log-likelihood estimate (the IWAE bound at
-    `ll_samples`, Burda et al. 2015) and the KL, and the number of active
-    units: latent dimensions whose posterior mean varies over `x` with
-    variance above 0.01 (Burda et al. 2015, section 5.2). `"per_example"`
-    holds each example's values, as NumPy arrays. `seed` makes the Monte
-    Carlo estimates reproducible.
-    """
-    import keras
-    import numpy as np
-
-    from keras_vae import bounds
-
-    columns = {"elbo": [], "log_likelihood": [], "kl": []}
-    columns.update({f"iwae_{k}": [] for k in iwae_ks})
-    means = []
-    seeds = np.random.default_rng(seed)
-
-    def next_seed():
-        return int(seeds.integers(2**31))
-
-    progress = keras.utils.Progbar(len(x), verbose=verbose,
-                                   unit_name="example")
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size]
-        mean, log_var = model.encode(batch)
-        means.append(np.asarray(mean))
-        columns["kl"].append(
-            np.sum(np.asarray(bounds.kl_per_dimension(mean, log_var)), axis=-1))
-        columns["elbo"].append(
-            model.elbo(batch, num_samples=elbo_samples, seed=next_seed()))
-        for k in iwae_ks:
-            columns[f"iwae_{k}"].append(
-                model.iwae_bound(batch, num_samples=k, seed=next_seed()))
-        # One progress bar, over examples: none of its own per chunk.
-        columns["log_likelihood"].append(model.log_likelihood(
-            batch, num_samples=ll_samples, batch_size=batch_size,
-            seed=next_seed(), verbose=0))
-        progress.add(len(batch))
-
-    per_example = {
-        name: np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1)
-                              for v in values])
-        for name, values in columns.items()
-    }
-
-    def summary(name):
-        values = per_example[name]
-        return {"mean": float(values.mean()),
-                "stderr": float(values.std(ddof=1) / np.sqrt(len(values)))
-                if len(values) > 1 else float("nan")}
-
-    posterior_mean_variance = np.concatenate(means).var(axis=0)
-    return {
-        "per_example": per_example,
-        "num_examples": int(len(x)),
-        "elbo": {**summary("elbo"), "num_samples": elbo_samples},
-        "iwae": {str(k): summary(f"iwae_{k}") for k in iwae_ks},
-        "log_likelihood": {**summary("log_likelihood"),
-                           "num_samples": ll_samples},
-        "kl": summary("kl"),
-        "active_units": int(np.sum(posterior_mean_variance > 0.01)),
-        "latent_dim": int(len(posterior_mean_variance)),
-        "posterior_mean_variance": posterior_mean_variance.tolist(),
-    }
-
-
 def sample(args):
     import numpy as np
 
@@ -521,26 +572,101 @@ def sample(args):
 
     model_file, _ = _resolve_model(args.model)
     model = _load_model(model_file)
-    images = np.asarray(model.sample(args.num, seed=args.seed, draw=args.draw))
+    seed = args.seed
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    images = np.asarray(model.sample(args.num, seed=seed, draw=args.draw))
     columns = int(np.ceil(np.sqrt(args.num)))
-    plotting.save_grid(args.output, images, columns=columns)
+    what = "draws from p(x|z)" if args.draw else "means of p(x|z)"
+    plotting.save_grid(
+        args.output, images, columns=columns,
+        title=f"{args.num} samples from the prior ({what}), seed {seed}")
     if args.npy:
         np.save(args.npy, images)
+    print(f"wrote {args.output} (seed {seed})")
+    return 0
+
+
+def traverse(args):
+    from keras_vae import plotting
+
+    _, _, model, x, _ = _model_and_split(args)
+    if args.index >= len(x):
+        raise UsageError(f"--index {args.index} is past the test split's "
+                         f"{len(x)} images")
+    model.check_data(x)
+    images, dims = plotting.latent_traversal(
+        model, x, num_dims=args.dims, steps=args.steps, span=args.span,
+        center=args.index)
+    plotting.save_traversal(
+        args.output, images, dims,
+        title=f"test image {args.index}: rows sweep latent dimensions "
+        f"{', '.join(str(int(d)) for d in dims)} (most active first) from "
+        f"-{args.span:g} to +{args.span:g}")
     print(f"wrote {args.output}")
     return 0
 
 
+def interpolate(args):
+    import numpy as np
+
+    from keras_vae import plotting
+
+    _, _, model, x, _ = _model_and_split(args)
+    a, b = args.pair
+    if max(a, b) >= len(x):
+        raise UsageError(f"--pair {a} {b}: the test split has {len(x)} "
+                         "images")
+    model.check_data(x[[a, b]])
+    images = plotting.latent_interpolation(model, x[a], x[b], args.steps)
+    plotting.save_grid(
+        args.output, np.concatenate([x[[a]], images, x[[b]]]),
+        columns=args.steps + 2,
+        title=f"test images {a} and {b} (ends) and decoded points between "
+        "their posterior means")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def find_harness(start=None):
+    """The source checkout holding `benchmarks/run.py`, or None.
+
+    Looked for in the current directory and its parents, then beside the
+    package (an editable install or a checkout on `sys.path`): the harness
+    is not part of the installed package.
+    """
+    candidates = []
+    directory = os.path.abspath(start or os.getcwd())
+    while True:
+        candidates.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    candidates.append(os.path.dirname(package_dir))
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "benchmarks", "run.py")):
+            return root
+    return None
+
+
 def bench(argv):
-    try:
-        from benchmarks.run import main as run_benchmarks
-    except ImportError as error:
-        print(
-            "error: the benchmark harness (benchmarks/run.py) ships with the "
-            "source checkout, not the installed package; run `keras-vae "
-            f"bench` or `make bench` from the repository root ({error})",
-            file=sys.stderr,
-        )
-        return 2
+    if "benchmarks.run" not in sys.modules:
+        root = find_harness()
+        if root is None:
+            print(
+                "keras-vae bench: error: the benchmark harness "
+                "(benchmarks/run.py) ships with the source checkout, not "
+                "the installed package; run `keras-vae bench` inside a "
+                "checkout of keras-vae",
+                file=sys.stderr,
+            )
+            return 2
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    from benchmarks.run import main as run_benchmarks
+
     return run_benchmarks(argv)
 
 

@@ -10,41 +10,18 @@ evaluations of different models see the same binary test set.
 """
 
 import dataclasses
-import gzip
-import os
 
 import numpy as np
 import tensorflow as tf
 
-NAMES = ("digits", "fashion_mnist", "mnist", "npz")
-BINARIZATIONS = ("dynamic", "static", "none")
+from keras_vae import data_files
+from keras_vae.data_files import BINARIZATIONS  # noqa: F401 - re-exported
+from keras_vae.data_files import CLASS_NAMES  # noqa: F401 - re-exported
+from keras_vae.data_files import IDX_FILES  # noqa: F401 - re-exported
+from keras_vae.data_files import NAMES  # noqa: F401 - re-exported
+from keras_vae.data_files import read_idx  # noqa: F401 - re-exported
+from keras_vae.data_files import search_dirs  # noqa: F401 - re-exported
 
-# Where the operating system's packages install the IDX files: Debian's
-# `dataset-fashion-mnist` for Fashion-MNIST. Looked up after --data-dir and
-# the Keras cache.
-SYSTEM_DATA_DIRS = {
-    "fashion_mnist": "/usr/share/datasets/fashion-mnist",
-    "mnist": "/usr/share/datasets/mnist",
-}
-# Subdirectory of `$KERAS_HOME/datasets` that `keras.datasets` downloads into.
-_KERAS_CACHE_SUBDIRS = {"fashion_mnist": "fashion-mnist", "mnist": "mnist"}
-
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-# The test split of `digits` (which has no official one) is a fixed 20%, the
-# same for every seed, so that evaluations are comparable across runs.
-_DIGITS_TEST_FRACTION = 0.2
-_DIGITS_SPLIT_SEED = 0
 # Seed of the one-off binarization of the validation and test images.
 _EVAL_BINARIZATION_SEED = 12345
 
@@ -69,6 +46,8 @@ class Splits:
             Bernoulli decoder's initial output bias.
         binarize: the binarization in use.
         source: where the data came from (a path, or a description).
+        class_names: the names of the labels, in label order, when the
+            dataset has them (Fashion-MNIST's garments, digits' "0"-"9").
     """
 
     name: str
@@ -80,6 +59,7 @@ class Splits:
     train_mean: np.ndarray
     binarize: str
     source: str
+    class_names: tuple = ()
 
 
 def load(
@@ -93,6 +73,7 @@ def load(
     data_dir=None,
     path=None,
     download=True,
+    limit=None,
 ):
     """Loads a dataset as `tf.data` pipelines with train/validation/test splits.
 
@@ -118,6 +99,8 @@ def load(
             array `x` that is split 80/20 into train and test.
         download: when the MNIST files are found nowhere, let
             `keras.datasets` download them.
+        limit: keep only the first `limit` training examples (after the
+            validation split is held out), or `None` for all.
 
     Returns:
         A `Splits`.
@@ -146,13 +129,8 @@ def load(
     if name == "npz" and path is None:
         raise ValueError("name='npz' needs path= (the .npz file)")
 
-    if name == "digits":
-        raw, max_value, source = _load_digits(), 16.0, "scikit-learn digits"
-    elif name == "npz":
-        raw, max_value, source = _load_npz(path), None, os.fspath(path)
-    else:
-        raw, source = _load_mnist_like(name, data_dir, download)
-        max_value = 255.0
+    raw, source = data_files.read_raw(name, data_dir, path, download)
+    max_value = data_files.MAX_VALUES.get(name)
 
     x_train, y_train = raw["x_train"], raw["y_train"]
     if "x_validation" in raw:
@@ -162,6 +140,10 @@ def load(
             x_train, y_train, validation_fraction, seed
         )
     x_test, y_test = raw["x_test"], raw["y_test"]
+    if limit is not None:
+        if not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, got {limit!r}")
+        x_train, y_train = x_train[:limit], y_train[:limit]
 
     if scale:
         if max_value is None:
@@ -218,6 +200,7 @@ def load(
         train_mean=train_mean,
         binarize=binarize,
         source=source,
+        class_names=data_files.CLASS_NAMES.get(name, ()),
     )
 
 
@@ -239,160 +222,6 @@ def dynamic_binarization(dataset, seed):
     return tf.data.Dataset.zip(dataset, seeds).map(
         draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-
-
-def read_idx(path):
-    """Reads an IDX file (optionally gzipped) into a NumPy array.
-
-    The format: two zero bytes, a type code, the number of dimensions, then
-    each dimension as a big-endian int32, then the data in C order.
-    """
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        content = f.read()
-    if len(content) < 4 or content[0] != 0 or content[1] != 0:
-        raise ValueError(f"{path} is not an IDX file (bad magic number)")
-    type_code, ndim = content[2], content[3]
-    if type_code not in _IDX_DTYPES:
-        raise ValueError(f"{path}: unknown IDX data type 0x{type_code:02x}")
-    header = 4 + 4 * ndim
-    shape = tuple(
-        int(d) for d in np.frombuffer(content[4:header], dtype=">i4")
-    )
-    dtype = np.dtype(_IDX_DTYPES[type_code])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(content) - header != expected:
-        raise ValueError(
-            f"{path}: header says shape {shape} ({expected} bytes of data) "
-            f"but the file holds {len(content) - header}"
-        )
-    data = np.frombuffer(content[header:], dtype=dtype).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
-
-
-def search_dirs(name, data_dir=None):
-    """The directories searched for a dataset's IDX files, in order."""
-    dirs = []
-    if data_dir is not None:
-        data_dir = os.path.expanduser(os.fspath(data_dir))
-        dirs += [data_dir, os.path.join(data_dir, _KERAS_CACHE_SUBDIRS[name])]
-    keras_home = os.environ.get(
-        "KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras")
-    )
-    dirs.append(
-        os.path.join(keras_home, "datasets", _KERAS_CACHE_SUBDIRS[name])
-    )
-    dirs.append(SYSTEM_DATA_DIRS[name])
-    return dirs
-
-
-def _find_idx(directory):
-    """Paths of the four IDX files in `directory`, or None if any is missing."""
-    found = {}
-    for split, basenames in IDX_FILES.items():
-        for kind, basename in zip(("images", "labels"), basenames):
-            for candidate in (basename, basename + ".gz"):
-                full = os.path.join(directory, candidate)
-                if os.path.isfile(full):
-                    found[(split, kind)] = full
-                    break
-            else:
-                return None
-    return found
-
-
-def _load_mnist_like(name, data_dir, download):
-    searched = search_dirs(name, data_dir)
-    for directory in searched:
-        files = _find_idx(directory)
-        if files is not None:
-            raw = {
-                "x_train": read_idx(files[("train", "images")]),
-                "y_train": read_idx(files[("train", "labels")]),
-                "x_test": read_idx(files[("test", "images")]),
-                "y_test": read_idx(files[("test", "labels")]),
-            }
-            return raw, directory
-    # keras.datasets caches MNIST as one .npz rather than IDX files.
-    if name == "mnist":
-        cached = os.path.join(os.path.dirname(searched[-2]), "mnist.npz")
-        searched.append(cached)
-        if os.path.isfile(cached):
-            return _load_npz(cached), cached
-    if not download:
-        reason = "downloading is disabled (download=False)"
-    else:
-        import keras
-
-        module = getattr(keras.datasets, name)
-        try:
-            (x_train, y_train), (x_test, y_test) = module.load_data()
-        except Exception as error:  # noqa: BLE001 - reported below
-            reason = f"downloading with keras.datasets.{name} failed: {error}"
-        else:
-            raw = {"x_train": x_train, "y_train": y_train}
-            raw.update(x_test=x_test, y_test=y_test)
-            return raw, f"keras.datasets.{name}"
-    names = ", ".join(b + "[.gz]" for pair in IDX_FILES.values() for b in pair)
-    looked = "\n".join(f"  {d}" for d in searched)
-    hint = ""
-    if name == "fashion_mnist":
-        hint = (
-            "\nOn Debian or Ubuntu, `apt-get install dataset-fashion-mnist` "
-            f"installs them into {SYSTEM_DATA_DIRS[name]}."
-        )
-    raise FileNotFoundError(
-        f"Could not find the {name} files ({names}); looked in:\n{looked}\n"
-        f"and {reason}. Put the files in one of these directories or pass "
-        f"data_dir (--data-dir).{hint}"
-    )
-
-
-def _load_digits():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = digits.images.astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(len(x))
-    n_test = int(round(_DIGITS_TEST_FRACTION * len(x)))
-    test, train = order[:n_test], order[n_test:]
-    return {
-        "x_train": x[train],
-        "y_train": y[train],
-        "x_test": x[test],
-        "y_test": y[test],
-    }
-
-
-def _load_npz(path):
-    with np.load(path, allow_pickle=False) as f:
-        arrays = dict(f)
-    if "x_train" in arrays and "x_test" in arrays:
-        raw = {"x_train": arrays["x_train"], "x_test": arrays["x_test"]}
-        if "x_validation" in arrays:
-            raw["x_validation"] = arrays["x_validation"]
-        splits = [k[2:] for k in raw]
-    elif "x" in arrays:
-        x = arrays["x"]
-        n_test = int(round(0.2 * len(x)))
-        raw = {"x_train": x[n_test:], "x_test": x[:n_test]}
-        if "y" in arrays:
-            arrays["y_train"] = arrays["y"][n_test:]
-            arrays["y_test"] = arrays["y"][:n_test]
-        splits = ["train", "test"]
-    else:
-        raise ValueError(
-            f"{path} must hold arrays 'x_train' and 'x_test' (optionally "
-            f"'x_validation' and 'y_*' labels) or a single array 'x'; it "
-            f"holds {sorted(arrays)}"
-        )
-    for split in splits:
-        labels = arrays.get(f"y_{split}")
-        if labels is None:
-            labels = np.full(len(raw[f"x_{split}"]), -1, dtype=np.int64)
-        raw[f"y_{split}"] = labels
-    return raw
 
 
 def _hold_out(x, y, fraction, seed):

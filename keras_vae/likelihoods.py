@@ -22,7 +22,43 @@ __all__ = ["Likelihood", "Bernoulli", "Gaussian", "get", "serialize"]
 
 
 class Likelihood(keras.layers.Layer):
-    """Base class of decoder likelihoods."""
+    """Base class of decoder likelihoods.
+
+    `support` is the `(low, high)` range of x the likelihood is defined on;
+    `check_support(x)` raises a ValueError naming the likelihood and the
+    range found when x leaves it.
+    """
+
+    support = (-math.inf, math.inf)
+
+    def check_support(self, x):
+        """Raises ValueError unless every value of `x` is finite and in
+        `support`. `x`: an array or tensor (its min and max are taken)."""
+        x = ops.convert_to_tensor(x)
+        if int(ops.size(x)) == 0:
+            return
+        x = ops.cast(x, "float32")
+        low = float(ops.min(x))
+        high = float(ops.max(x))
+        name = type(self).__name__
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(
+                f"x holds non-finite values (range found: [{low}, {high}]); "
+                f"the {name} likelihood needs finite data. Remove or "
+                "replace the NaN/Inf entries."
+            )
+        lo, hi = self.support
+        if low < lo or high > hi:
+            hint = ""
+            if isinstance(self, Bernoulli) and high > 1.0:
+                hint = (
+                    " Scale the data to [0, 1] first (for 8-bit images, "
+                    "x / 255)."
+                )
+            raise ValueError(
+                f"x spans [{low:g}, {high:g}], outside the support "
+                f"[{lo:g}, {hi:g}] of the {name} likelihood.{hint}"
+            )
 
     def log_prob(self, x, decoder_output):
         raise NotImplementedError
@@ -51,11 +87,17 @@ class Likelihood(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_vae")
 class Bernoulli(Likelihood):
-    """Independent Bernoulli per dimension; the decoder outputs logits.
+    """Independent Bernoulli per dimension.
 
     For data in [0, 1] (binary, or grey levels treated as probabilities):
-    `log_prob` is minus the binary cross-entropy with logits, summed over
-    the event dimensions.
+    `log_prob` is minus the binary cross-entropy, summed over the event
+    dimensions.
+
+    Args:
+        from_logits: True (the default) when the decoder outputs logits (a
+            final layer with no activation: the stable choice); False when
+            it outputs probabilities (a final `sigmoid`, as in the Keras VAE
+            example), which are clipped to [1e-7, 1 - 1e-7].
 
     Example:
 
@@ -63,14 +105,30 @@ class Bernoulli(Likelihood):
     >>> log_px_z = likelihood.log_prob(x, decoder(z))   # [B]
     """
 
+    support = (0.0, 1.0)
+    # Keras's epsilon for probabilities: log(1e-7) bounds the loss per pixel.
+    _EPSILON = 1e-7
+
+    def __init__(self, from_logits=True, **kwargs):
+        super().__init__(**kwargs)
+        self.from_logits = bool(from_logits)
+
     def log_prob(self, x, decoder_output):
-        x, logits = self._to_float32(x, decoder_output)
-        # x * logits - softplus(logits), stable for large |logits|.
-        values = x * logits - ops.softplus(logits)
+        x, output = self._to_float32(x, decoder_output)
+        if self.from_logits:
+            # x * logits - softplus(logits), stable for large |logits|.
+            values = x * output - ops.softplus(output)
+        else:
+            p = ops.clip(output, self._EPSILON, 1.0 - self._EPSILON)
+            values = x * ops.log(p) + (1.0 - x) * ops.log1p(-p)
         return self._sum_event(values, x)
 
     def mean(self, decoder_output):
-        return ops.sigmoid(ops.cast(decoder_output, "float32"))
+        output = ops.cast(decoder_output, "float32")
+        return ops.sigmoid(output) if self.from_logits else output
+
+    def get_config(self):
+        return {**super().get_config(), "from_logits": self.from_logits}
 
     def sample(self, decoder_output, seed=None):
         probs = self.mean(decoder_output)

@@ -1,27 +1,31 @@
 """`VAE`: a variational autoencoder trained on the ELBO or the IWAE bound."""
 
 import math
+from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_vae import bounds
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
-from keras_vae.layers.sampling import SavesSeedState
-from keras_vae.layers.sampling import check_implementation
-from keras_vae.layers.sampling import check_num_samples
-from keras_vae.layers.sampling import next_seed
+from keras_vae import seeding
+from keras_vae.checks import GRADIENT_ESTIMATORS
+from keras_vae.checks import KL_ESTIMATORS
+from keras_vae.checks import OBJECTIVES
+from keras_vae.checks import check_count
+from keras_vae.checks import check_implementation
+from keras_vae.seeding import next_seed
 
-OBJECTIVES = ("elbo", "iwae")
-GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
-KL_ESTIMATORS = ("analytic", "mc")
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
+# Bytes of decoder activations one batch of `log_likelihood` may hold.
+LOG_LIKELIHOOD_MEMORY_BUDGET = 256 * 2**20
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(SavesSeedState, keras.Model):
+class VAE(seeding.SavesSeedState, keras.Model):
     """Variational autoencoder: encoder q(z|x), decoder p(x|z), prior N(0, I).
 
     `fit` maximizes a lower bound on log p(x) per example:
@@ -76,10 +80,17 @@ class VAE(SavesSeedState, keras.Model):
         free_bits: a floor, in nats, on each latent dimension's KL averaged
             over the batch (Kingma et al. 2016); ELBO with the analytic KL and
             the standard estimator only.
-        seed: int initial seed of the model's seed generator (saved with the
-            model), or `None`.
+        seed: the initial seed of the model's seed generator (its state is
+            saved with the model): an int, a pair of ints or `None`; see
+            `keras_vae.seeding`.
         implementation: the op's implementation, see
             `keras_vae.ops.reparameterize_kl`.
+        stop_on_nonfinite: if True (the default), a training step whose loss
+            or gradients hold a NaN or Inf stops `fit` with an
+            InvalidArgumentError naming the step, before the update reaches
+            the weights. Under a `LossScaleOptimizer` (mixed float16) only
+            the loss is checked: that optimizer skips the steps whose scaled
+            gradients overflow, by design.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
 
     Metrics (reset each epoch): `loss`; `elbo` or `iwae`, the bound;
@@ -90,7 +101,10 @@ class VAE(SavesSeedState, keras.Model):
     mean, so `predict` works.
 
     Saving: `model.save("m.keras")` and `keras.models.load_model("m.keras")`
-    need no `custom_objects` once `keras_vae` is imported. `model.export`
+    need no `custom_objects` once keras-vae's classes are registered:
+    `import keras_vae` after `import keras`, any use of `keras_vae.VAE`, or
+    `keras_vae.load_model` (which also says when a file is truncated or
+    corrupt). The seed generator's state is saved too. `model.export`
     writes a SavedModel of `call`; graphs that contain the fused op (for
     example an encoder with a `Sampling` layer) need the op library, so
     `import keras_vae` before `tf.saved_model.load`.
@@ -117,10 +131,11 @@ class VAE(SavesSeedState, keras.Model):
         free_bits=0.0,
         seed=None,
         implementation="auto",
+        stop_on_nonfinite=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         if objective not in OBJECTIVES:
             raise ValueError(
                 f"objective must be one of {OBJECTIVES}, got {objective!r}"
@@ -169,9 +184,10 @@ class VAE(SavesSeedState, keras.Model):
         self.kl = kl
         self.beta = beta
         self.free_bits = free_bits
-        self.seed = seed
+        self.seed = seeding.config_seed(seed)
         self.implementation = implementation
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.seed_generator = seeding.seed_generator(seed)
 
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.bound_tracker = keras.metrics.Mean(name=objective)
@@ -186,8 +202,89 @@ class VAE(SavesSeedState, keras.Model):
             input_shape = None
         if input_shape is not None:
             self.build(input_shape)
+        self._check_decoder_activation()
 
     # Structure.
+
+    def _check_decoder_activation(self):
+        """A decoder ending in a sigmoid outputs probabilities, which a
+        Bernoulli likelihood on logits would take for logits: the outputs
+        would stay in (0.5, 0.73), silently."""
+        likelihood = self.likelihood
+        if not (
+            isinstance(likelihood, likelihoods_module.Bernoulli)
+            and likelihood.from_logits
+        ):
+            return
+        last = _output_layer(self.decoder)
+        activation = getattr(last, "activation", None)
+        if getattr(activation, "__name__", None) == "sigmoid":
+            raise ValueError(
+                f"The decoder's last layer {last.name!r} applies a sigmoid, "
+                "so it outputs probabilities, but the Bernoulli likelihood "
+                "takes logits. Either drop the final activation (the "
+                "stable choice) or pass likelihood=keras_vae.likelihoods."
+                "Bernoulli(from_logits=False)."
+            )
+
+    def _check_shapes(self, x):
+        """Raises when x's examples are not shaped like the decoder's output
+        (compared where both are known, at trace time)."""
+        try:
+            output_shape = self.decoder.output_shape
+        except (AttributeError, ValueError):
+            return
+        if not isinstance(output_shape, tuple) or x.shape.rank is None:
+            return
+        x_event = tuple(x.shape[1:])
+        out_event = tuple(output_shape[1:])
+        if len(x_event) == len(out_event) and all(
+            a is None or b is None or a == b
+            for a, b in zip(x_event, out_event)
+        ):
+            return
+        hint = ""
+        if x_event + (1,) == out_event:
+            hint = " Add the channel axis: x[..., None]."
+        raise ValueError(
+            f"x has examples of shape {x_event} (x: {tuple(x.shape)}), but "
+            f"the decoder outputs examples of shape {out_event} (decoder "
+            f"output: {output_shape}); they must be the same.{hint}"
+        )
+
+    def check_data(self, x) -> None:
+        """Checks examples `x` (an array or tensor) against the model.
+
+        Raises a ValueError when their shape differs from the decoder's
+        output, or when they leave the likelihood's support (e.g. 0-255
+        images with a Bernoulli likelihood) or hold NaN or Inf. `fit`,
+        `evaluate` and `log_likelihood` run it on their array input, or on
+        the first batch of a `tf.data.Dataset`.
+        """
+        x = ops.convert_to_tensor(x)
+        self._check_shapes(x)
+        self.likelihood.check_support(x)
+
+    def _check_input(self, data):
+        """`check_data` on an array, or a dataset's first batch."""
+        if data is None:
+            return
+        if isinstance(data, tf.data.Dataset):
+            for batch in data.take(1):
+                data = batch
+        if isinstance(data, (tuple, list)):
+            data = keras.utils.unpack_x_y_sample_weight(tuple(data))[0]
+        if isinstance(data, (np.ndarray, tf.Tensor)):
+            self.check_data(data)
+
+    def fit(self, x=None, *args, validation_data=None, **kwargs):
+        self._check_input(x)
+        self._check_input(validation_data)
+        return super().fit(x, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_input(x)
+        return super().evaluate(x, *args, **kwargs)
 
     def _build_likelihood(self):
         if self.likelihood.built:
@@ -230,7 +327,7 @@ class VAE(SavesSeedState, keras.Model):
 
     # The generative model and the posterior.
 
-    def encode(self, x):
+    def encode(self, x) -> tuple:
         """q(z|x)'s parameters `(mean, log_var)`, each `[B, D]`, float32."""
         outputs = self.encoder(x)
         if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
@@ -257,6 +354,8 @@ class VAE(SavesSeedState, keras.Model):
 
     def _posterior_samples(self, x, num_samples, seed, stop=False):
         """Encode, sample, decode: `(mean, log_var, kl, log_ratio, log_px_z)`."""
+        x = ops.convert_to_tensor(x)
+        self._check_shapes(x)
         mean, log_var = self.encode(x)
         z, kl, log_ratio = vae_ops.reparameterize_kl(
             mean,
@@ -376,12 +475,46 @@ class VAE(SavesSeedState, keras.Model):
             del tape
         return gradients, variables, losses, report
 
+    def _nonfinite_check(self, loss, gradients):
+        """An op that fails unless the loss and the gradients are finite."""
+        checked = [loss]
+        if not isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            checked += [g for g in gradients if g is not None]
+        finite = tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(t)) for t in checked]
+        )
+        step = self.optimizer.iterations + 1
+        return tf.debugging.Assert(
+            finite,
+            [
+                "keras_vae: the loss or a gradient is NaN or Inf at training "
+                "step (counted from 1)",
+                step,
+                "; the weights were not updated. Look for NaN/Inf in the "
+                "data or a diverging learning rate (stop_on_nonfinite=False "
+                "turns this check off).",
+            ],
+        )
+
     def train_step(self, data):
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         gradients, variables, losses, report = self.compute_gradients(
             x, sample_weight
         )
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        if not self.stop_on_nonfinite:
+            self.optimizer.apply_gradients(zip(gradients, variables))
+        else:
+            # The optimizer's variables are created outside the check's
+            # control context, from which XLA cannot lift them.
+            if not self.optimizer.built:
+                self.optimizer.build(variables)
+            check = self._nonfinite_check(losses["loss"], gradients)
+            # The update (weights and step counter) waits on the check, so a
+            # failing step raises before it changes anything.
+            with tf.control_dependencies([check]):
+                self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(losses["loss"], report, sample_weight)
 
     def test_step(self, data):
@@ -394,24 +527,27 @@ class VAE(SavesSeedState, keras.Model):
     # Inference.
 
     def _seeds(self, seed):
-        """The model's generator, or a fresh one for an int `seed`."""
+        """The model's generator, or a fresh one starting at `seed`."""
         if seed is None:
             return self.seed_generator
-        return keras.random.SeedGenerator(seed)
+        return seeding.seed_generator(seed)
 
-    def sample(self, n, seed=None, draw=False):
+    def sample(
+        self, n: int, seed: seeding.SeedLike = None, draw: bool = False
+    ):
         """Draws from the generative model: z ~ N(0, I), then x given z.
 
         Args:
             n: the number of samples.
-            seed: int seed for reproducible samples; `None` uses the model's
-                seed generator.
+            seed: a seed (int or pair) for reproducible samples; `None`
+                uses the model's seed generator.
             draw: if False, returns the likelihood's mean E[x|z]; if True, a
                 draw x ~ p(x|z).
 
         Returns:
             `[n, *event]`.
         """
+        n = check_count(n, "n")
         seeds = self._seeds(seed)
         z = keras.random.normal((n, self.latent_dim), seed=seeds)
         decoder_output = self.decoder(z)
@@ -419,13 +555,15 @@ class VAE(SavesSeedState, keras.Model):
             return self.likelihood.sample(decoder_output, seed=seeds)
         return self.likelihood.mean(decoder_output)
 
-    def reconstruct(self, x, num_samples=1, seed=None):
+    def reconstruct(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """K reconstructions per example, E[x|z_k] for z_k ~ q(z|x).
 
         Returns:
             `[num_samples, B, *event]`; the samples are not averaged.
         """
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         mean, log_var = self.encode(x)
         z, _, _ = vae_ops.reparameterize_kl(
             mean,
@@ -436,9 +574,11 @@ class VAE(SavesSeedState, keras.Model):
         )
         return self.likelihood.mean(self.decode(z))
 
-    def elbo(self, x, num_samples=1, seed=None):
+    def elbo(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """The K-sample ELBO of each example, `[B]`, with the model's KL."""
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         _, _, kl, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )
@@ -446,9 +586,11 @@ class VAE(SavesSeedState, keras.Model):
             return bounds.elbo_mc(log_px_z, log_ratio)
         return bounds.elbo(log_px_z, kl)
 
-    def iwae_bound(self, x, num_samples=1, seed=None):
+    def iwae_bound(
+        self, x, num_samples: int = 1, seed: seeding.SeedLike = None
+    ):
         """The K-sample importance-weighted bound of each example, `[B]`."""
-        check_num_samples(num_samples)
+        num_samples = check_count(num_samples)
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )
@@ -464,51 +606,70 @@ class VAE(SavesSeedState, keras.Model):
     def log_likelihood(
         self,
         x,
-        num_samples=5000,
-        batch_size=None,
-        chunk_size=500,
-        seed=None,
+        num_samples: int = 5000,
+        batch_size: Optional[int] = None,
+        chunk_size: int = 500,
+        seed: seeding.SeedLike = None,
         verbose="auto",
     ):
         """Importance-sampling estimate of log p(x) per example.
 
         Burda et al. 2015: `log (1/S) sum_s p(x, z_s) / q(z_s|x)` with
         z_s ~ q(z|x), which tends to log p(x) from below as S grows. The S
-        samples are drawn `chunk_size` at a time and combined with a
-        logsumexp across chunks, so memory is bounded by
-        `chunk_size * batch_size` decoder outputs.
+        samples are drawn `chunk_size` at a time for `batch_size` examples
+        at a time, and combined with a logsumexp across chunks.
+
+        **Memory** is bounded by one chunk of one batch, and does not grow
+        with N: with the default `batch_size=None` the batch is the largest
+        whose chunk of decoder activations (estimated from the decoder's
+        layer output sizes, times `chunk_size`) fits in
+        `LOG_LIKELIHOOD_MEMORY_BUDGET` bytes (256 MiB), at least 1 example.
+        For the MLP preset on 28x28 images that is 37 examples per batch;
+        measured peak memory: BENCHMARKS.md.
 
         Args:
-            x: the examples, `[N, ...]`.
+            x: the examples: an array `[N, ...]`, or a `tf.data.Dataset` or
+                any iterable of batches (of x, or of `(x, ...)` tuples).
             num_samples: S, the importance samples per example.
-            batch_size: examples per batch; `None` for all at once.
+            batch_size: examples per batch (batches of a dataset are split
+                to it); `None` derives it from the memory budget.
             chunk_size: samples drawn at a time.
-            seed: int seed; `None` uses the model's seed generator.
+            seed: a seed (int or pair); `None` uses the model's seed
+                generator.
             verbose: `"auto"` shows a progress bar when there are 10 or more
-                chunks to run; 0 or 1 force it off or on.
+                chunks to run (always for datasets); 0 or 1 force it off or
+                on.
 
         Returns:
-            `[N]` float32 estimates.
+            `[N]` float32 estimates; `[0]` for no examples.
         """
-        check_num_samples(num_samples)
-        check_num_samples(chunk_size)
-        x = ops.convert_to_tensor(x)
-        n = int(x.shape[0])
-        batch_size = n if batch_size is None else int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        num_samples = check_count(num_samples)
+        chunk_size = check_count(chunk_size, "chunk_size")
+        if batch_size is None:
+            batch_size = self._log_likelihood_batch_size(chunk_size)
+        batch_size = check_count(batch_size, "batch_size")
         chunks = [chunk_size] * (num_samples // chunk_size)
         if num_samples % chunk_size:
             chunks.append(num_samples % chunk_size)
-        starts = range(0, n, batch_size)
-        steps = len(starts) * len(chunks)
+
+        if _is_batch_iterable(x):
+            batches, steps = _sub_batches(x, batch_size), None
+        else:
+            x = ops.convert_to_tensor(x)
+            n = int(x.shape[0])
+            batches = (
+                x[start : start + batch_size]
+                for start in range(0, n, batch_size)
+            )
+            steps = -(-n // batch_size) * len(chunks)
         if verbose == "auto":
-            verbose = int(steps >= 10)
+            verbose = int(steps is None or steps >= 10)
         progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="chunk")
         seeds = self._seeds(seed)
         estimates = []
-        for start in starts:
-            x_batch = x[start : start + batch_size]
+        for x_batch in batches:
+            if not estimates:
+                self.check_data(x_batch)
             chunk_lse = []
             for k in chunks:
                 chunk_lse.append(
@@ -518,7 +679,17 @@ class VAE(SavesSeedState, keras.Model):
             estimates.append(
                 bounds.combine_log_mean_exp(ops.stack(chunk_lse), num_samples)
             )
+        if not estimates:
+            return ops.zeros((0,), "float32")
         return ops.concatenate(estimates, axis=0)
+
+    def _log_likelihood_batch_size(self, chunk_size):
+        """Examples per batch whose chunk fits LOG_LIKELIHOOD_MEMORY_BUDGET."""
+        per_sample = _activation_floats(self.decoder)
+        # The likelihood's terms and the log-weights: about two more outputs.
+        per_sample += 2 * _event_size(self.decoder)
+        per_example = 4 * per_sample * chunk_size
+        return max(1, LOG_LIKELIHOOD_MEMORY_BUDGET // max(per_example, 1))
 
     # Serialization.
 
@@ -572,6 +743,7 @@ class VAE(SavesSeedState, keras.Model):
             "free_bits": self.free_bits,
             "seed": self.seed,
             "implementation": self.implementation,
+            "stop_on_nonfinite": self.stop_on_nonfinite,
         }
 
     @classmethod
@@ -601,6 +773,62 @@ def _replica_logs(logs):
     ):
         return {name: ops.reshape(value, [1]) for name, value in logs.items()}
     return logs
+
+
+def _is_batch_iterable(x):
+    """Whether x is a dataset or iterable of batches rather than an array."""
+    if isinstance(x, tf.data.Dataset):
+        return True
+    if isinstance(x, (np.ndarray, tf.Tensor, list, tuple)) or hasattr(
+        x, "shape"
+    ):
+        return False
+    return hasattr(x, "__iter__")
+
+
+def _sub_batches(batches, batch_size):
+    """The x of each batch, split to at most `batch_size` examples."""
+    for batch in batches:
+        if isinstance(batch, (tuple, list)):
+            batch = keras.utils.unpack_x_y_sample_weight(tuple(batch))[0]
+        batch = ops.convert_to_tensor(batch)
+        for start in range(0, int(batch.shape[0]), batch_size):
+            yield batch[start : start + batch_size]
+
+
+def _event_size(decoder):
+    try:
+        return int(np.prod(decoder.output_shape[1:]))
+    except (AttributeError, ValueError, TypeError):
+        return 1
+
+
+def _activation_floats(decoder):
+    """Floats of all the decoder's layer outputs for one z (an estimate of
+    its activation memory); the output size for a non-Functional decoder."""
+    total = 0
+    for layer in getattr(decoder, "layers", []):
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):
+            continue
+        if all(d is not None for d in shape[1:]):
+            total += int(np.prod(shape[1:]))
+    return total or _event_size(decoder)
+
+
+def _output_layer(model):
+    """The layer that computes `model`'s output, looking through layers that
+    only reshape it."""
+    reshaping = (
+        keras.layers.Reshape,
+        keras.layers.Flatten,
+        keras.layers.Permute,
+    )
+    for layer in reversed(getattr(model, "layers", [])):
+        if not isinstance(layer, reshaping):
+            return layer
+    return None
 
 
 def _weighted_mean(values, sample_weight):

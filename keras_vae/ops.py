@@ -26,6 +26,7 @@ import warnings
 import keras
 from keras import ops
 
+from keras_vae import seeding
 from keras_vae.backend._checks import check_num_samples
 
 __all__ = [
@@ -156,6 +157,9 @@ def reparameterize_kl(
         - `log_ratio`: `[K, ...]`, `log q(z|x) - log p(z)`, summed over D.
     """
     backend = _backend()
+    if seed is not None and not ops.is_tensor(seed):
+        # The seed forms of `keras_vae.seeding`: an int s is [s, 0].
+        seed = seeding.seed_pair(seed)
     if _on_tensorflow():
         return backend.reparameterize_kl(
             mean, log_var, num_samples, seed, stop_log_ratio_param_grad,
@@ -189,11 +193,7 @@ def _seed_pair(seed):
     """A seed of any accepted form as a [2] tensor of the active backend."""
     if seed is None:
         return keras.random.randint((2,), 0, 2**31 - 1, dtype="int32")
-    if ops.is_tensor(seed):
-        return seed
-    from keras_vae import seeding
-
-    return seeding.seed_pair(seed)
+    return seed
 
 
 def reparameterize_kl_reference(

@@ -1,4 +1,8 @@
-"""Image grids and latent scatter plots, written as PNG files.
+"""Image grids, latent scatter plots, traversals and interpolations.
+
+`save_grid`, `save_reconstructions`, `save_latent_scatter` and
+`save_traversal` write PNG files; `latent_traversal` and
+`latent_interpolation` compute the images from a `keras_vae.VAE`.
 
 matplotlib is imported here, on first use, with the non-interactive Agg
 backend, so that `import keras_vae` stays light and plots work headless.
@@ -104,8 +108,12 @@ def save_reconstructions(path, inputs, reconstructions, title=None):
     )
 
 
-def save_latent_scatter(path, means, labels=None, title=None):
-    """Saves a scatter plot of 2-D posterior means, coloured by label."""
+def save_latent_scatter(path, means, labels=None, title=None,
+                        class_names=None):
+    """Saves a scatter plot of 2-D posterior means, coloured by label.
+
+    With `class_names` (indexed by label) the colour bar names the classes.
+    """
     means = np.asarray(means)
     if means.ndim != 2 or means.shape[1] != 2:
         raise ValueError(f"need 2-D latent means [N, 2], got {means.shape}")
@@ -116,8 +124,14 @@ def save_latent_scatter(path, means, labels=None, title=None):
     points = axes.scatter(
         means[:, 0], means[:, 1], s=4,
         c=labels if has_labels else None, cmap="tab10" if has_labels else None,
+        # One colour per class, centred on its tick.
+        vmin=-0.5 if class_names else None,
+        vmax=len(class_names) - 0.5 if class_names else None,
     )
-    if has_labels:
+    if has_labels and class_names:
+        bar = figure.colorbar(points, ax=axes, ticks=range(len(class_names)))
+        bar.ax.set_yticklabels(class_names, fontsize=8)
+    elif has_labels:
         figure.colorbar(points, ax=axes, label="label")
     axes.set_xlabel("z[0] (posterior mean)")
     axes.set_ylabel("z[1] (posterior mean)")
@@ -126,3 +140,69 @@ def save_latent_scatter(path, means, labels=None, title=None):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def most_active_dimensions(means, num_dims):
+    """The `num_dims` latent dimensions whose posterior means vary most over
+    the data (`means` `[N, D]`), most active first."""
+    variance = np.asarray(means, dtype=np.float64).var(axis=0)
+    return np.argsort(-variance, kind="stable")[:num_dims]
+
+
+def latent_traversal(model, x, num_dims=8, steps=9, span=3.0, center=0):
+    """Decodes sweeps of single latent dimensions around one code.
+
+    The centre is the posterior mean of `x[center]`; each of the `num_dims`
+    most active dimensions over `x` (see `most_active_dimensions`) is swept
+    from `-span` to `+span` (prior standard deviations, the prior being
+    N(0, I)) while the others stay at the centre.
+
+    Args:
+        model: a `keras_vae.VAE`.
+        x: examples `[N, ...]`, N >= 2, whose posterior means rank the
+            dimensions.
+        num_dims: rows, at most the latent dimension.
+        steps: values per dimension.
+        span: half-width of the sweep.
+        center: index into `x` of the example at the centre.
+
+    Returns:
+        `(images, dims)`: `images` `[len(dims), steps, *event]`, the
+        likelihood's mean E[x|z]; `dims` the swept dimensions, row by row.
+    """
+    means = np.asarray(model.encode(x)[0])
+    if not 0 <= center < len(means):
+        raise ValueError(f"center must index x (N={len(means)}), got {center}")
+    dims = most_active_dimensions(means, min(num_dims, means.shape[1]))
+    values = np.linspace(-span, span, steps, dtype=np.float32)
+    codes = np.repeat(means[center][None, None], len(dims), axis=0)
+    codes = np.repeat(codes, steps, axis=1)
+    for row, dim in enumerate(dims):
+        codes[row, :, dim] = values
+    decoded = np.asarray(
+        model.likelihood.mean(model.decode(codes.reshape(-1, means.shape[1])))
+    )
+    return decoded.reshape((len(dims), steps) + decoded.shape[1:]), dims
+
+
+def latent_interpolation(model, x_a, x_b, steps=10):
+    """Decodes `steps` points on the line between the posterior means of two
+    examples (ends included): `[steps, *event]`, E[x|z]."""
+    pair = np.stack([np.asarray(x_a), np.asarray(x_b)])
+    means = np.asarray(model.encode(pair)[0])
+    weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    codes = (1.0 - weights) * means[0] + weights * means[1]
+    return np.asarray(model.likelihood.mean(model.decode(codes)))
+
+
+def save_traversal(path, images, dims, title=None):
+    """Saves `latent_traversal`'s images, one row per swept dimension."""
+    images = np.asarray(images)
+    rows, steps = images.shape[:2]
+    save_grid(
+        path,
+        images.reshape((rows * steps,) + images.shape[2:]),
+        columns=steps,
+        title=title or "latent traversal, rows: dimensions "
+        + ", ".join(str(int(d)) for d in dims),
+    )

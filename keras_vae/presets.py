@@ -1,15 +1,14 @@
 """Architecture presets: encoder and decoder networks for image VAEs.
 
+Keras is imported when a preset is built, so that the command line lists the
+presets without importing a framework.
+
 Each preset builds an encoder mapping images to `[mean, log_var]` of q(z|x)
 and a decoder mapping latent codes to the logits of a Bernoulli distribution
 over the pixels, shaped like the images.
 """
 
 import numpy as np
-
-import keras
-
-from keras_vae.layers import GaussianEncoderHead
 
 PRESETS = ("mlp", "conv")
 DEFAULT_LATENT_DIMS = {"mlp": 50, "conv": 16}
@@ -67,6 +66,10 @@ def build(preset, image_shape, latent_dim=None, train_mean=None):
 
 
 def _mlp(image_shape, latent_dim, hidden=(200, 200)):
+    import keras
+
+    from keras_vae.layers import GaussianEncoderHead
+
     images = keras.Input(image_shape, name="images")
     h = keras.layers.Flatten()(images)
     for i, units in enumerate(hidden):
@@ -90,6 +93,10 @@ def _conv(image_shape, latent_dim, filters=(32, 64), dense_units=256):
             "the conv preset needs images of shape (height, width, channels) "
             f"with height and width divisible by 4, got {image_shape}"
         )
+    import keras
+
+    from keras_vae.layers import GaussianEncoderHead
+
     images = keras.Input(image_shape, name="images")
     h = images
     for i, f in enumerate(filters):

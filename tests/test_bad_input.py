@@ -1,8 +1,11 @@
 """Bad input: a clear error or a documented behaviour, never a crash.
 
 Documented behaviours tested here:
-- NaN and Inf propagate: to the op's outputs of the affected example only,
-  and to the loss, which `keras.callbacks.TerminateOnNaN` then stops on.
+- NaN and Inf propagate to the op's outputs of the affected example only.
+  `VAE.fit` refuses data with NaN or Inf at the edge (an array, or a
+  dataset's first batch), and stops on a non-finite loss or gradient
+  before it reaches the weights; with `stop_on_nonfinite=False` they reach
+  the loss, which `keras.callbacks.TerminateOnNaN` then stops on.
 - Extreme log-variances: the op computes exp(log_var) as given (+1e4
   overflows to inf; -1e4 gives z = mean); `GaussianEncoderHead` clips
   log_var to its range, so a VAE built on it keeps a finite loss.
@@ -68,22 +71,53 @@ def test_nonfinite_encoder_output_stays_in_its_example(bad, where):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_nonfinite_data_gives_a_nonfinite_loss_that_terminate_on_nan_stops(bad):
+def test_nonfinite_data_is_refused_before_training(bad):
     x = tiny_vae.data()
     x[3, 2] = bad
     model = tiny_vae.build()
     model.compile(keras.optimizers.Adam(1e-2))
-    history = model.fit(
-        x,
-        batch_size=8,
-        epochs=3,
-        shuffle=False,
-        verbose=0,
-        callbacks=[keras.callbacks.TerminateOnNaN()],
-    )
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="non-finite values.*Bernoulli"):
+        model.fit(x, batch_size=8, epochs=3, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+
+class _WeightsAfterEachStep(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        self.last = self.model.get_weights()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_batch_stops_fit_before_the_weights_change(bad):
+    """A bad pixel in the third batch, past the first-batch check."""
+    x = tiny_vae.data()
+    x[20, 2] = bad
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    model = tiny_vae.build()
+    model.compile(keras.optimizers.Adam(1e-2))
+    weights = _WeightsAfterEachStep()
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"NaN or Inf at training step.*\n?.*3"):
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[weights])
+    assert int(model.optimizer.iterations) == 2
+    for a, b in zip(model.get_weights(), weights.last):
+        np.testing.assert_array_equal(a, b)
+        assert np.all(np.isfinite(a))
+
+
+def test_nonfinite_check_can_be_turned_off_and_terminate_on_nan_stops():
+    x = tiny_vae.data()
+    x[20, 2] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    model = tiny_vae.build(stop_on_nonfinite=False)
+    model.compile(keras.optimizers.Adam(1e-2))
+    history = model.fit(dataset, epochs=3, verbose=0,
+                        callbacks=[keras.callbacks.TerminateOnNaN()])
     assert model.stop_training
     assert len(history.history["loss"]) == 1
     assert not np.isfinite(history.history["loss"][0])
+    assert not all(np.all(np.isfinite(w)) for w in model.get_weights())
 
 
 def test_nonfinite_encoder_output_gives_a_nonfinite_loss():
@@ -285,3 +319,81 @@ def test_corrupt_model_file_raises(tmp_path, saved_model_bytes):
     path.write_bytes(bytes(data))
     with pytest.raises(zipfile.BadZipFile, match="Bad CRC-32 for file 'model.weights.h5'"):
         keras.models.load_model(path, safe_mode=True)
+
+
+def test_keras_vae_load_model_says_truncated_or_corrupt(tmp_path,
+                                                        saved_model_bytes):
+    path = tmp_path / "truncated.keras"
+    path.write_bytes(saved_model_bytes[: len(saved_model_bytes) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        keras_vae.load_model(path)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        keras_vae.load_model(tmp_path / "missing.keras")
+    intact = tmp_path / "intact.keras"
+    intact.write_bytes(saved_model_bytes)
+    assert isinstance(keras_vae.load_model(intact), keras_vae.VAE)
+
+
+# ---------------------------------------------------------------------------
+# Data the model cannot use: an error at the edge, naming what is wrong.
+
+
+def test_eight_bit_images_with_a_bernoulli_likelihood_are_refused():
+    x = np.round(tiny_vae.data() * 255).astype("uint8")
+    model = tiny_vae.build()
+    model.compile(keras.optimizers.Adam(1e-2))
+    match = r"x spans \[0, 255\].*Bernoulli.*x / 255"
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, batch_size=8, epochs=1, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    with pytest.raises(ValueError, match=match):
+        model.fit(dataset, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=match):
+        model.log_likelihood(x, num_samples=2)
+
+
+def _example_decoder(final_activation):
+    z = keras.Input((tiny_vae.LATENT_DIM,))
+    h = keras.layers.Dense(tiny_vae.INPUT_DIM,
+                           activation=final_activation)(z)
+    return keras.Model(z, keras.layers.Reshape((tiny_vae.INPUT_DIM,))(h))
+
+
+def test_a_final_sigmoid_with_logits_is_detected():
+    encoder = tiny_vae.build().encoder
+    with pytest.raises(ValueError, match="sigmoid.*from_logits=False"):
+        keras_vae.VAE(encoder, _example_decoder("sigmoid"), "bernoulli")
+    # Probabilities declared as such, or logits: accepted.
+    probs = keras_vae.VAE(
+        encoder, _example_decoder("sigmoid"),
+        keras_vae.likelihoods.Bernoulli(from_logits=False))
+    x = tiny_vae.data()
+    assert np.all(np.isfinite(probs.elbo(x).numpy()))
+    keras_vae.VAE(encoder, _example_decoder(None), "bernoulli")
+
+
+def test_data_without_its_channel_axis_names_both_shapes():
+    image = keras.Input((4, 3, 1))
+    mean, log_var = keras_vae.layers.GaussianEncoderHead(2)(
+        keras.layers.Flatten()(image))
+    encoder = keras.Model(image, [mean, log_var])
+    z = keras.Input((2,))
+    decoder = keras.Model(
+        z, keras.layers.Reshape((4, 3, 1))(keras.layers.Dense(12)(z)))
+    model = keras_vae.VAE(encoder, decoder)
+    model.compile(keras.optimizers.Adam(1e-2))
+    x = (np.random.default_rng(0).uniform(size=(16, 4, 3)) < 0.5)
+    match = r"\(4, 3\).*\(4, 3, 1\).*x\[\.\.\., None\]"
+    with pytest.raises(ValueError, match=match):
+        model.fit(x.astype("float32"), batch_size=8, verbose=0)
+    with pytest.raises(ValueError, match=match):
+        model.elbo(x.astype("float32"))
+    model.fit(x[..., None].astype("float32"), batch_size=8, verbose=0)
+
+
+def test_tf_keras_is_refused_at_import():
+    proc = run_python(["-c", "import keras_vae"], check=False,
+                      env=python_env(TF_USE_LEGACY_KERAS="1"))
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr
+    assert "TF_USE_LEGACY_KERAS" in proc.stderr and "Keras 3" in proc.stderr

@@ -207,6 +207,11 @@ def _results():
                  for name, kept in (("fused", 2**26), ("tf", 8 * 2**26))
              }},
         ],
+        "log_likelihood": [
+            {"N": 100, "seconds": 50.0, "peak_rss_bytes": 1200 * 2**20,
+             "rss_before_bytes": 900 * 2**20, "batch_size": 37,
+             "num_samples": 5000},
+        ],
         "end_to_end": [
             {"K": k, "batch_size": 8, "steps": 2,
              "summary": {"ratio_vs_best_plain": min(tf_ratio, jax_ratio),
@@ -248,6 +253,7 @@ def test_update_document_replaces_only_its_section(tmp_path):
     assert "| 128×32×1 | 4,096 |" in text and "**0.50×**" in text
     assert "| 64.0 MiB (1.00) | 512.0 MiB (8.00) |" in text
     assert "| 896.0 MiB |" in text  # tf.function peaks 1024 - 128 MiB
+    assert "| 100 | 50 s | 500 ms | 1,200 MiB | 900 MiB | 37 |" in text
     # The generated block opens no "## " section, which would cut another.
     block = text[text.index(report.BEGIN):text.index(report.END)]
     assert "\n## " not in block
@@ -305,3 +311,12 @@ def test_end_to_end_times_every_backend_in_one_run():
     summary = row["summary"]
     assert summary["best_plain_jax"] == "plain Keras (jax)"
     assert summary["ratio_vs_best_plain_tf"] > 0
+
+
+def test_log_likelihood_row_is_measured_in_a_fresh_process():
+    from benchmarks import log_likelihood
+
+    (row,) = log_likelihood.run([3], num_samples=20, log=lambda _: None)
+    assert row["N"] == 3 and row["num_samples"] == 20 and row["seconds"] > 0
+    assert row["peak_rss_bytes"] >= row["rss_before_bytes"] > 0
+    assert row["batch_size"] >= 1

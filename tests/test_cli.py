@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from keras_vae import cli, datasets
+from keras_vae import cli, data_files, datasets, evaluation
 
 TINY = ["--dataset", "digits", "--batch-size", "256", "--verbose", "0"]
 
@@ -24,7 +24,8 @@ def run_dir(tmp_path_factory):
     code = cli.main(["train", *TINY, "--epochs", "2", "--latent-dim", "2",
                      "--objective", "iwae", "-k", "3", "--warmup-epochs",
                      "1", "--lr-schedule", "cosine", "--reconstructions",
-                     "3", "--tensorboard", "--output", str(output)])
+                     "3", "--tensorboard", "--plot-every", "1",
+                     "--output", str(output)])
     assert code == 0
     return output
 
@@ -92,7 +93,7 @@ def test_evaluate_arrays_against_the_model_methods(run_dir):
 
     model = keras.saving.load_model(run_dir / "model.keras")
     x = datasets.load("digits").arrays["test"][:30]
-    result = cli.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
+    result = evaluation.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
                                  batch_size=7, verbose=0)
     mean, log_var = model.encode(x)
     kl = np.sum(np.asarray(bounds.kl_per_dimension(mean, log_var)), axis=-1)
@@ -103,9 +104,9 @@ def test_evaluate_arrays_against_the_model_methods(run_dir):
     np.testing.assert_allclose(result["posterior_mean_variance"],
                                means.var(axis=0), rtol=1e-5)
     # The seed fixes the Monte Carlo estimates, and only the seed does.
-    again = cli.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
+    again = evaluation.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
                                 batch_size=7, verbose=0)
-    other = cli.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
+    other = evaluation.evaluate_arrays(model, x, iwae_ks=(2,), ll_samples=10,
                                 batch_size=7, seed=1, verbose=0)
     for name in ("elbo", "iwae_2", "log_likelihood"):
         np.testing.assert_array_equal(result["per_example"][name],
@@ -173,22 +174,167 @@ def test_bad_arguments_are_rejected_clearly(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no such model file"):
-        cli.main(["sample", str(tmp_path / "nothing")])
-    with pytest.raises(SystemExit, match="holds no model.keras"):
-        cli.main(["evaluate", str(tmp_path)])
+def _one_line_error(capsys, code, message):
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("keras-vae ") and message in err.splitlines()[0]
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    _one_line_error(capsys, cli.main(["sample", str(tmp_path / "nothing")]),
+                    "no such model file")
+    _one_line_error(capsys, cli.main(["evaluate", str(tmp_path)]),
+                    "holds no model.keras")
+
+
+def test_user_errors_are_one_line_with_status_2(run_dir, tmp_path, capsys):
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes((run_dir / "model.keras").read_bytes()[:2000])
+    _one_line_error(capsys, cli.main(["sample", str(truncated)]),
+                    "truncated or corrupt")
+    _one_line_error(capsys, cli.main(
+        ["train", *TINY, "--objective", "elbo", "--gradient-estimator",
+         "dreg", "-o", str(tmp_path / "dreg")]), 'needs objective="iwae"')
+    # An 8x8 digits model on 28x28 images.
+    x = np.random.default_rng(0).uniform(size=(30, 28, 28)).astype("float32")
+    np.savez(tmp_path / "big.npz", x=x)
+    _one_line_error(capsys, cli.main(
+        ["evaluate", str(run_dir / "model.keras"), "--dataset", "npz",
+         "--npz", str(tmp_path / "big.npz"), "--ll-samples", "2",
+         "--verbose", "0", "-o", str(tmp_path / "e.json")]),
+        "(28, 28, 1)")
+
+
+def test_help_imports_no_framework():
+    import subprocess
+
+    code = ("import sys\n"
+            "from keras_vae.cli import main\n"
+            "for argv in (['--help'], ['train', '--help']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "heavy = [m for m in ('tensorflow', 'keras', 'matplotlib')\n"
+            "         if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code],
+                            capture_output=True, text=True, check=True)
+    assert "HEAVY []" in result.stdout
+    assert "usage: keras-vae train" in result.stdout
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions
+                      if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, command in subparsers.choices.items():
+        text = command.format_help()
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, (name, action.option_strings)
+            # Flags and required options have no default to show.
+            if action.nargs != 0 and not action.required:
+                formatted = command._get_formatter()._get_help_string(action)
+                assert "default" in formatted, (name, action.option_strings)
+        assert "--seed" in text or name not in ("train", "sample", "evaluate")
+
+
+def test_train_writes_grids_during_training_and_warns_of_nothing(run_dir):
+    images = sorted(p.name for p in (run_dir / "images").iterdir())
+    assert images == ["reconstructions-epoch1.png", "reconstructions-epoch2.png",
+                      "samples-epoch1.png", "samples-epoch2.png"]
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(
+        str(run_dir / "logs" / "images"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert {"samples", "reconstructions"} <= set(events.Tags()["tensors"])
+    assert [e.step for e in events.Tensors("samples")] == [1, 2]
+
+
+def test_train_limit_and_class_names(tmp_path, monkeypatch, recwarn):
+    from keras_vae import plotting
+
+    seen = {}
+    monkeypatch.setattr(plotting, "save_latent_scatter",
+                        lambda *a, **k: seen.update(k))
+    out = tmp_path / "limited"
+    assert cli.main(["train", *TINY, "--limit", "50", "--epochs", "1",
+                     "--latent-dim", "2", "--output", str(out)]) == 0
+    with open(out / "history.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert not list(out.glob("*.npz"))
+    assert seen["class_names"] == tuple(str(d) for d in range(10))
+    assert not [w for w in recwarn if "shuffle" in str(w.message)]
+    assert datasets.load("digits", limit=50).arrays["train"].shape[0] == 50
+    assert data_files.CLASS_NAMES["fashion_mnist"][9] == "Ankle boot"
+
+
+def test_sample_titles_its_grid_and_seeds(run_dir, tmp_path, capsys):
+    from keras_vae import plotting
+
+    titles = []
+    original = plotting.save_grid
+
+    def recording(path, images, columns, title=None, **kwargs):
+        titles.append(title)
+        return original(path, images, columns, title=title, **kwargs)
+
+    npys = [tmp_path / f"{i}.npy" for i in range(3)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plotting, "save_grid", recording)
+        for npy, seed in zip(npys, (["--seed", "5"], ["--seed", "5"], [])):
+            assert cli.main(["sample", str(run_dir), "-n", "4", *seed,
+                             "-o", str(tmp_path / "s.png"),
+                             "--npy", str(npy)]) == 0
+    assert titles[0] == "4 samples from the prior (means of p(x|z)), seed 5"
+    np.testing.assert_array_equal(np.load(npys[0]), np.load(npys[1]))
+    # No --seed: not the images of samples.png (seed 0) nor of seed 5.
+    assert not np.array_equal(np.load(npys[2]), np.load(npys[0]))
+    assert "seed" in titles[2] and "seed 0)" not in titles[2]
+
+
+def test_traverse_and_interpolate_write_grids(run_dir, tmp_path):
+    import keras_vae
+
+    out = tmp_path / "t.png"
+    assert cli.main(["traverse", str(run_dir), "--dims", "2", "--steps",
+                     "5", "-o", str(out)]) == 0
+    assert read_png(out).ndim == 3
+    out = tmp_path / "i.png"
+    assert cli.main(["interpolate", str(run_dir), "--pair", "3", "4",
+                     "--steps", "6", "-o", str(out)]) == 0
+    assert read_png(out).ndim == 3
+    model = keras_vae.load_model(run_dir / "model.keras")
+    x = datasets.load("digits").arrays["test"]
+    images, dims = keras_vae.plotting.latent_traversal(
+        model, x, num_dims=2, steps=5, span=2.0, center=3)
+    assert images.shape == (2, 5, 8, 8, 1)
+    means = np.asarray(model.encode(x)[0])
+    np.testing.assert_array_equal(dims, np.argsort(-means.var(axis=0))[:2])
+    # Row 0, column 3: the centre's code with dims[0] set to +1.
+    code = means[3:4].copy()
+    code[0, dims[0]] = 1.0
+    want = np.asarray(model.likelihood.mean(model.decode(code)))[0]
+    np.testing.assert_allclose(images[0, 3], want, atol=1e-5)
+    line = keras_vae.plotting.latent_interpolation(model, x[3], x[4], 6)
+    assert line.shape == (6, 8, 8, 1)
+    ends = np.asarray(model.likelihood.mean(model.decode(means[3:5])))
+    np.testing.assert_allclose(line[[0, -1]], ends, atol=1e-5)
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(datasets, "SYSTEM_DATA_DIRS",
+    monkeypatch.setattr(data_files, "SYSTEM_DATA_DIRS",
                         {"fashion_mnist": str(tmp_path / "system"),
                          "mnist": str(tmp_path / "system")})
     code = cli.main(["train", "--dataset", "fashion_mnist", "--data-dir",
                      str(tmp_path / "mine"), "--no-download",
                      "--output", str(tmp_path / "run")])
-    assert code == 1
+    assert code == 2
     err = capsys.readouterr().err
     for directory in datasets.search_dirs("fashion_mnist",
                                           tmp_path / "mine"):
@@ -203,6 +349,18 @@ def test_bench_runs_the_harness_or_explains(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "benchmarks.run", harness)
     assert cli.main(["bench", "--quick"]) == 0
     assert calls == [["--quick"]]
-    monkeypatch.setitem(sys.modules, "benchmarks.run", None)
+    # Outside a checkout: said, with status 2.
+    monkeypatch.delitem(sys.modules, "benchmarks.run")
+    monkeypatch.setattr(cli, "find_harness", lambda: None)
     assert cli.main(["bench"]) == 2
     assert "source checkout" in capsys.readouterr().err
+
+
+def test_bench_finds_the_checkout_from_anywhere_inside_it(tmp_path):
+    import pathlib
+
+    root = pathlib.Path(cli.__file__).resolve().parents[1]
+    assert cli.find_harness(root / "keras_vae") == str(root)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "run.py").write_text("")
+    assert cli.find_harness(tmp_path / "benchmarks") == str(tmp_path)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.numerics import assert_close, params
 from keras_vae import ops
 
 _kernels = pytest.importorskip("keras_vae._kernels")
@@ -75,13 +76,6 @@ def _stateless_normal(shape, seed, dtype=tf.float32):
     ).numpy()
 
 
-def _params(shape, dtype, seed):
-    rng = np.random.default_rng(seed)
-    mean = rng.uniform(-2.0, 2.0, size=shape).astype(dtype)
-    log_var = rng.uniform(-2.0, 2.0, size=shape).astype(dtype)
-    return mean, log_var
-
-
 def _oracle(mean, log_var, eps, grads=None, stop=False):
     """Every output in float64 from the noise eps [K, N, D]."""
     mu, lv, eps = (np.asarray(a, np.float64) for a in (mean, log_var, eps))
@@ -100,14 +94,6 @@ def _oracle(mean, log_var, eps, grads=None, stop=False):
         (g_z + g_lr * z) * 0.5 * sd * eps - g_lr * d_lr_lv, axis=0
     )
     return d_mu, d_lv
-
-
-def _assert_close(actual, expected, rtol, name):
-    """Relative to the largest expected magnitude (sums of many terms)."""
-    scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
-    np.testing.assert_allclose(
-        actual, expected, rtol=rtol, atol=rtol * scale, err_msg=name
-    )
 
 
 def test_default_is_the_widest_supported_isa():
@@ -156,20 +142,20 @@ def test_vector_noise_error_over_ten_million_draws(isa_name):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_matches_oracle(isa, shape):
     k, n, d = shape
-    mean, log_var = _params((n, d), np.float32, seed=d)
+    mean, log_var = params((n, d), np.float32, seed=d)
     seed = (3, 4)
     got = _kernels.cpu_forward(mean, log_var, k, *seed)
     want = _oracle(mean, log_var, _stateless_normal(shape, seed))
     for name, got, expected in zip(("z", "kl", "log_ratio"), got, want):
         assert got.shape == expected.shape, name
-        _assert_close(got, expected, 2e-5, name)
+        assert_close(got, expected, 2e-5, name)
 
 
 @pytest.mark.parametrize("stop", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_backward_matches_oracle(isa, shape, stop):
     k, n, d = shape
-    mean, log_var = _params((n, d), np.float32, seed=d + 1)
+    mean, log_var = params((n, d), np.float32, seed=d + 1)
     rng = np.random.default_rng(k)
     grads = (
         rng.normal(size=shape).astype(np.float32),
@@ -182,8 +168,8 @@ def test_backward_matches_oracle(isa, shape, stop):
     )
     eps = _stateless_normal(shape, seed)
     want = _oracle(mean, log_var, eps, grads, stop)
-    _assert_close(d_mean, want[0], 2e-5, "grad_mean")
-    _assert_close(d_log_var, want[1], 2e-5, "grad_log_var")
+    assert_close(d_mean, want[0], 2e-5, "grad_mean")
+    assert_close(d_log_var, want[1], 2e-5, "grad_log_var")
 
 
 @pytest.mark.parametrize("isa_name", VECTOR_ISAS)
@@ -191,7 +177,7 @@ def test_backward_matches_oracle(isa, shape, stop):
 def test_vector_paths_match_scalar_path(isa_name, stop):
     """Same outputs, to float rounding, on a shape of many chunks and shards."""
     k, n, d = 7, 301, 37
-    mean, log_var = _params((n, d), np.float32, seed=5)
+    mean, log_var = params((n, d), np.float32, seed=5)
     rng = np.random.default_rng(6)
     grads = (
         rng.normal(size=(k, n, d)).astype(np.float32),
@@ -206,7 +192,7 @@ def test_vector_paths_match_scalar_path(isa_name, stop):
             ) + _kernels.cpu_backward(mean, log_var, k, 1, 2, *grads, stop)
     names = ("z", "kl", "log_ratio", "grad_mean", "grad_log_var")
     for name, got, want in zip(names, outputs[isa_name], outputs["scalar"]):
-        _assert_close(got, want, 1e-5, name)
+        assert_close(got, want, 1e-5, name)
 
 
 def test_scales_of_extreme_log_variances(isa):
@@ -238,7 +224,7 @@ def test_float64_noise_is_stateless_normal_on_every_isa(isa):
 
 
 def test_nan_stays_in_its_row(isa):
-    mean, log_var = _params((4, 9), np.float32, seed=0)
+    mean, log_var = params((4, 9), np.float32, seed=0)
     mean[1, 3] = np.nan
     z, kl, log_ratio = _kernels.cpu_forward(mean, log_var, 3, 1, 1)
     assert np.isnan(z[:, 1, 3]).all() and np.isnan(log_ratio[:, 1]).all()

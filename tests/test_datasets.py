@@ -4,7 +4,7 @@ import struct
 import numpy as np
 import pytest
 
-from keras_vae import datasets
+from keras_vae import data_files, datasets
 
 
 def write_idx(path, array):
@@ -41,10 +41,10 @@ def no_system_data(monkeypatch, tmp_path):
     """Hides the Keras cache and system directories, and any download."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
     monkeypatch.setattr(
-        datasets,
+        data_files,
         "SYSTEM_DATA_DIRS",
         {name: str(tmp_path / "system" / name)
-         for name in datasets.SYSTEM_DATA_DIRS},
+         for name in data_files.SYSTEM_DATA_DIRS},
     )
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers.numerics import params
 from keras_vae import ops
 
 _kernels = pytest.importorskip("keras_vae._kernels")
@@ -17,14 +18,6 @@ def _as_uint64(seed):
     return [s % 2**64 for s in seed]
 
 
-def _params(shape, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    return (
-        rng.uniform(-2, 2, size=shape).astype(dtype),
-        rng.uniform(-2, 2, size=shape).astype(dtype),
-    )
-
-
 SHAPES = [[7], [3, 5], [2, 3, 9], [4, 8]]
 SEEDS = [[1, 2], [-5, 7], [-(2**63), 2**63 - 1], [2**40 + 1, -1]]
 
@@ -32,7 +25,7 @@ SEEDS = [[1, 2], [-5, 7], [-(2**63), 2**63 - 1], [2**40 + 1, -1]]
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_forward_matches_tf_op(dtype, shape):
-    mean, log_var = _params(shape, dtype)
+    mean, log_var = params(shape, dtype)
     for seed in SEEDS:
         expected = ops.reparameterize_kl(
             mean, log_var, 3, tf.constant(seed, tf.int64),
@@ -49,7 +42,7 @@ def test_forward_matches_tf_op(dtype, shape):
 @pytest.mark.parametrize("stop", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_backward_matches_tf_gradient(dtype, stop, shape):
-    mean, log_var = _params(shape, dtype, seed=1)
+    mean, log_var = params(shape, dtype, seed=1)
     seed, num_samples = [-3, 2**35], 2
     rng = np.random.default_rng(2)
     grad_z = rng.normal(size=[num_samples, *shape]).astype(dtype)
@@ -76,7 +69,7 @@ def test_backward_matches_tf_gradient(dtype, stop, shape):
 
 
 def test_float64_is_not_cast_down():
-    mean, log_var = _params([3, 4], np.float64)
+    mean, log_var = params([3, 4], np.float64)
     z, kl, log_ratio = _kernels.cpu_forward(mean, log_var, 2, 1, 2)
     assert z.dtype == kl.dtype == log_ratio.dtype == np.float64
     eps = tf.random.stateless_normal([2, 3, 4], [1, 2], dtype=tf.float64)

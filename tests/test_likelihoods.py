@@ -104,3 +104,39 @@ def test_nan_propagates():
     out = np.zeros((1, 2), "float32")
     assert np.isnan(likelihoods.Bernoulli().log_prob(x, out).numpy()).all()
     assert np.isnan(likelihoods.Gaussian().log_prob(x, out).numpy()).all()
+
+
+def test_bernoulli_on_probabilities_matches_tfp():
+    x = (RNG.uniform(size=(4, 6)) < 0.5).astype("float32")
+    probs = RNG.uniform(0.05, 0.95, size=(3, 4, 6)).astype("float32")
+    likelihood = likelihoods.Bernoulli(from_logits=False)
+    expected = tfd.Independent(tfd.Bernoulli(probs=probs), 1).log_prob(x)
+    np.testing.assert_allclose(
+        likelihood.log_prob(x, probs), expected, rtol=1e-5
+    )
+    np.testing.assert_allclose(likelihood.mean(probs), probs)
+    # Probabilities of exactly 0 and 1 stay finite.
+    edge = likelihood.log_prob(np.array([[1.0, 0.0]], "float32"),
+                               np.array([[0.0, 1.0]], "float32"))
+    assert np.all(np.isfinite(edge))
+    clone = likelihoods.get(likelihoods.serialize(likelihood))
+    assert clone.from_logits is False
+
+
+@pytest.mark.parametrize(
+    "likelihood, x, found",
+    [
+        (likelihoods.Bernoulli(), np.array([[0.0, 255.0]]), r"\[0, 255\]"),
+        (likelihoods.Bernoulli(from_logits=False), np.array([[-1.0, 0.5]]),
+         r"\[-1, 0.5\]"),
+    ],
+)
+def test_support_check_names_the_likelihood_and_the_range(likelihood, x,
+                                                          found):
+    with pytest.raises(ValueError, match=found + r".*Bernoulli"):
+        likelihood.check_support(x)
+    likelihood.check_support(np.clip(x, 0, 1))
+    # A Gaussian takes any finite value, and no NaN.
+    likelihoods.Gaussian().check_support(x)
+    with pytest.raises(ValueError, match="non-finite.*Gaussian"):
+        likelihoods.Gaussian().check_support(np.array([[np.nan, 1.0]]))

@@ -9,6 +9,7 @@ from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
 
 import keras_vae
+from helpers import tiny_vae
 from keras_vae.layers import GaussianEncoderHead
 
 tfd = tfp.distributions
@@ -406,38 +407,22 @@ def test_trains_under_xla():
     assert history["loss"][-1] < history["loss"][0]
 
 
-def test_trains_under_mixed_precision():
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    try:
-        inputs = keras.Input((64,))
-        h = keras.layers.Dense(32, activation="relu")(inputs)
-        encoder = keras.Model(inputs, GaussianEncoderHead(3, dtype="float32")(h))
-        vae = keras_vae.VAE(encoder, dense_decoder(3, 64))
-        vae.compile(keras.optimizers.Adam(3e-3))
-        history = vae.fit(digits(512), batch_size=64, epochs=2, verbose=0).history
-        assert np.isfinite(history["loss"]).all()
-        assert history["loss"][-1] < history["loss"][0]
-        assert vae.elbo(digits(8)).dtype == tf.float32
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
-
-
 # Inference methods.
 
 
 def test_reconstruct_returns_every_sample():
-    x = digits(5)
-    vae = keras_vae.VAE(dense_encoder(64, 3), dense_decoder(3, 64), seed=2)
+    x = tiny_vae.data()[:5]
+    vae = tiny_vae.build(seed=2)
     recon = vae.reconstruct(x, num_samples=4).numpy()
-    assert recon.shape == (4, 5, 64)
+    assert recon.shape == (4, 5, tiny_vae.INPUT_DIM)
     assert not np.allclose(recon[0], recon[1])
-    assert vae.reconstruct(x).shape == (1, 5, 64)
+    assert vae.reconstruct(x).shape == (1, 5, tiny_vae.INPUT_DIM)
 
 
 def test_sample_is_reproducible_and_draws_from_the_likelihood():
-    vae = keras_vae.VAE(dense_encoder(64, 3), dense_decoder(3, 64))
+    vae = tiny_vae.build()
     means = vae.sample(6, seed=4)
-    assert means.shape == (6, 64)
+    assert means.shape == (6, tiny_vae.INPUT_DIM)
     np.testing.assert_array_equal(means, vae.sample(6, seed=4))
     assert not np.allclose(vae.sample(6), vae.sample(6))
     draws = vae.sample(6, seed=4, draw=True).numpy()
@@ -538,3 +523,47 @@ def test_rejects_an_encoder_without_two_outputs():
     vae = keras_vae.VAE(encoder, dense_decoder(2, 4))
     with pytest.raises(ValueError, match="encoder"):
         vae.encode(np.zeros((1, 4), "float32"))
+
+
+def test_log_likelihood_default_batch_is_bounded_independently_of_n(
+        monkeypatch):
+    vae = keras_vae.VAE(dense_encoder(64, 3), dense_decoder(3, 64))
+    default = vae._log_likelihood_batch_size(500)
+    # The decoder's activations for one z: z (3), 32 hidden, 64 logits,
+    # plus two outputs' worth for the likelihood's terms; float32, 500 z.
+    per_example = 4 * (3 + 32 + 64 + 2 * 64) * 500
+    assert default == keras_vae.model.LOG_LIKELIHOOD_MEMORY_BUDGET // per_example
+    seen = []
+    original = keras_vae.VAE._chunk_logsumexp
+
+    def recording(self, x, num_samples, seed):
+        seen.append(int(x.shape[0]))
+        return original(self, x, num_samples, seed)
+
+    monkeypatch.setattr(keras_vae.VAE, "_chunk_logsumexp", recording)
+    monkeypatch.setattr(keras_vae.model, "LOG_LIKELIHOOD_MEMORY_BUDGET",
+                        4 * (3 + 32 + 64 + 2 * 64) * 10 * 7)
+    for n in (5, 40):
+        seen.clear()
+        out = vae.log_likelihood(digits(n), num_samples=10, chunk_size=10,
+                                 verbose=0)
+        assert out.shape == (n,)
+        assert max(seen) == min(n, 7) and sum(seen) == n
+
+
+def test_log_likelihood_takes_datasets_and_iterables_and_empty_input():
+    import tensorflow as tf
+
+    vae = keras_vae.VAE(dense_encoder(64, 3), dense_decoder(3, 64))
+    x = digits(20)
+    want = vae.log_likelihood(x, 30, batch_size=8, seed=1, verbose=0).numpy()
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    got = vae.log_likelihood(dataset, 30, batch_size=8, seed=1, verbose=0)
+    np.testing.assert_array_equal(got.numpy(), want)
+    # Batches of (x, y), larger than batch_size: split, same order.
+    pairs = [(x[:16], None), (x[16:], None)]
+    got = vae.log_likelihood(iter(pairs), 30, batch_size=8, seed=1, verbose=0)
+    np.testing.assert_array_equal(got.numpy(), want)
+    empty = vae.log_likelihood(np.zeros((0, 64), "float32"), 30, verbose=0)
+    assert empty.shape == (0,) and empty.dtype == "float32"
+    assert vae.log_likelihood(dataset.take(0), 30, verbose=0).shape == (0,)

@@ -14,6 +14,7 @@ import scipy.stats
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from helpers.numerics import params
 from keras_vae import ops
 from keras_vae.backend import tensorflow as tf_backend
 
@@ -35,10 +36,8 @@ DTYPE_TOLERANCE = {
 
 
 def _params(shape, dtype=tf.float64, seed=0):
-    """Means in [-2, 2] and log-variances in [-2, 2]."""
-    rng = np.random.default_rng(seed)
-    mean = rng.uniform(-2.0, 2.0, size=shape)
-    log_var = rng.uniform(-2.0, 2.0, size=shape)
+    """`numerics.params` (in [-2, 2]) as tensors of `dtype`."""
+    mean, log_var = params(shape, np.float64, seed)
     return tf.constant(mean, dtype), tf.constant(log_var, dtype)
 
 

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_vae.checks import check_count
+
 DEFAULT_LOG_VAR_RANGE = (-30.0, 20.0)
 
 
@@ -57,10 +59,7 @@ class GaussianEncoderHead(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(latent_dim, int) or latent_dim <= 0:
-            raise ValueError(
-                f"latent_dim must be a positive int, got {latent_dim!r}"
-            )
+        latent_dim = check_count(latent_dim, "latent_dim")
         low, high = (float(v) for v in log_var_range)
         if not low < high:
             raise ValueError(

@@ -1,75 +1,20 @@
 """`Sampling`: reparameterized draws from N(mean, exp(log_var))."""
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_vae import ops as vae_ops
+from keras_vae import seeding
+from keras_vae.checks import check_count
+from keras_vae.checks import check_implementation
 
 MODES = ("sample", "mean")
 
 
-def check_num_samples(num_samples, allow_none=False):
-    """Raises ValueError unless `num_samples` is an int >= 1 (or None)."""
-    if num_samples is None and allow_none:
-        return
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, int)
-        or num_samples < 1
-    ):
-        raise ValueError(
-            f"num_samples must be an int >= 1, got {num_samples!r}"
-        )
-
-
-def check_implementation(implementation):
-    if implementation not in vae_ops.IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {vae_ops.IMPLEMENTATIONS}, got "
-            f"{implementation!r}"
-        )
-
-
-def next_seed(seed_generator):
-    """The generator's next `[2]` seed, distinct on each replica.
-
-    Under `tf.distribute` every replica runs the same step with the same
-    generator state; the replica id is added to the seed so that the
-    replicas' examples do not share their noise.
-    """
-    seed = seed_generator.next()
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
-        seed = seed + tf.stack([replica, tf.zeros_like(replica)])
-    return seed
-
-
-class SavesSeedState:
-    """Mixin: saves `self.seed_generator`'s state with the layer's variables.
-
-    Keras saves a layer's own variables but not the state of its
-    `SeedGenerator`s; without it a loaded model would restart its random
-    stream from the initial seed instead of continuing it.
-    """
-
-    _SEED_STATE_KEY = "seed_generator_state"
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[self._SEED_STATE_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        own = self._trainable_variables + self._non_trainable_variables
-        for i, variable in enumerate(own):
-            variable.assign(store[f"{i}"])
-        if self._SEED_STATE_KEY in store:
-            self.seed_generator.state.assign(store[self._SEED_STATE_KEY])
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class Sampling(SavesSeedState, keras.layers.Layer):
+class Sampling(seeding.SavesSeedState, keras.layers.Layer):
     """Draws z = mean + exp(0.5 * log_var) * eps with the fused op.
 
     A drop-in replacement for the `Sampling` layer of the Keras VAE example,
@@ -83,8 +28,8 @@ class Sampling(SavesSeedState, keras.layers.Layer):
         num_samples: `None` for one sample per input with no sample axis, or
             an int K >= 1 for K samples along a new leading axis (also for
             K=1).
-        seed: int initial seed of the layer's seed generator, or `None` for
-            a random one.
+        seed: the initial seed of the layer's seed generator: an int, a pair
+            of ints or `None` for a random one (see `keras_vae.seeding`).
         mode: `"sample"` draws z; `"mean"` returns `mean` (broadcast to
             `[K, ...]` when `num_samples` is an int), the deterministic
             encoding for inference.
@@ -122,16 +67,16 @@ class Sampling(SavesSeedState, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        check_num_samples(num_samples, allow_none=True)
+        num_samples = check_count(num_samples, allow_none=True)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         check_implementation(implementation)
         self.num_samples = num_samples
-        self.seed = seed
+        self.seed = seeding.config_seed(seed)
         self.mode = mode
         self.add_kl_loss = bool(add_kl_loss)
         self.implementation = implementation
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = seeding.seed_generator(seed)
         self.built = True
 
     def call(self, inputs):
@@ -142,7 +87,7 @@ class Sampling(SavesSeedState, keras.layers.Layer):
                 mean,
                 log_var,
                 num_samples=k,
-                seed=next_seed(self.seed_generator),
+                seed=seeding.next_seed(self.seed_generator),
                 implementation=self.implementation,
             )
             if self.add_kl_loss:
