@@ -15,6 +15,7 @@ mutation on two cores.
 import argparse
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -74,13 +75,15 @@ def run(cmd, **kwargs):
 
 
 def first_failure(output):
-    """The first line that says why a run failed, shortened."""
-    markers = ("ERROR", "WARNING: ThreadSanitizer", "runtime error", ": ")
-    for marker in markers:
-        for line in output.splitlines():
+    """The first line that says why a run failed: the emulator's or a
+    sanitizer's report if there is one, with directories dropped."""
+    lines = [re.sub(r"/\S*/", "", line).strip() for line in output.splitlines()]
+    for marker in ("reparam_kl_cuda.cu:", "ThreadSanitizer", "runtime error",
+                   "AddressSanitizer", ": "):
+        for line in lines:
             if marker in line and "emulated cases" not in line:
-                return line.strip()[:110]
-    return output.strip().splitlines()[-1][:110] if output.strip() else ""
+                return line[line.find(marker) if marker.endswith(":") else 0:][:140]
+    return lines[-1][:140] if lines else ""
 
 
 def main():
