@@ -66,7 +66,7 @@ test: build sanitize
 # kernels and the shape contract under AddressSanitizer and
 # UndefinedBehaviorSanitizer, and the CUDA kernels run on the CPU by the SIMT
 # emulation (csrc/tests/simt) plain, under ASan+UBSan and under
-# ThreadSanitizer. About three minutes on two cores, most of it compiling.
+# ThreadSanitizer. One to three minutes on two cores, most of it compiling.
 sanitize: $(STAMP_DEPS)
 	$(VENV)/bin/cmake -S csrc/tests -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR) -j 2

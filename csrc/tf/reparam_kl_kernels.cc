@@ -114,10 +114,10 @@ class ReparamKlGradOp : public tf::OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, mean.shape(), &grad_log_var));
     if (mean.NumElements() == 0) return;
     ReparamKlLaunch<Device, T>::Backward(
-        ctx, in.dims.shape, mean.flat<T>().data(), ctx->input(1).flat<T>().data(),
-        in.stream, grad_z.flat<T>().data(), grad_kl.flat<T>().data(),
-        grad_log_ratio.flat<T>().data(), stop_, grad_mean->flat<T>().data(),
-        grad_log_var->flat<T>().data());
+        ctx, in.dims.shape, mean.flat<T>().data(),
+        ctx->input(1).flat<T>().data(), in.stream, grad_z.flat<T>().data(),
+        grad_kl.flat<T>().data(), grad_log_ratio.flat<T>().data(), stop_,
+        grad_mean->flat<T>().data(), grad_log_var->flat<T>().data());
   }
 
  private:
