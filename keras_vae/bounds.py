@@ -191,6 +191,9 @@ def training_losses(
     free_bits = check_objective(
         objective, gradient_estimator, kl_estimator, free_bits
     )
+    log_px_z, log_ratio, kl = (
+        ops.convert_to_tensor(t) for t in (log_px_z, log_ratio, kl)
+    )
     reconstruction = ops.mean(log_px_z, axis=0)
     losses = {}
     if objective == "iwae":

@@ -771,15 +771,21 @@ class VAE(seeding.SavesSeedState, keras.Model):
             seed: a seed (int or pair) for reproducible samples; `None`
                 uses the model's seed generator.
             draw: if False, returns the likelihood's mean E[x|z]; if True, a
-                draw x ~ p(x|z).
+                draw x ~ p(x|z). z is the op's noise, the same on every
+                backend for the same seed (and so the means are); the draw
+                of x is the backend's own.
 
         Returns:
             `[n, *event]`.
         """
         n = check_count(n, "n")
         seeds = self._seeds(seed)
-        z = keras.random.normal((n, self.latent_dim), seed=seeds)
-        decoder_output = self.decoder(z)
+        # z from the op's noise, which is the same on every backend.
+        zeros = ops.zeros((n, self.latent_dim), "float32")
+        z, _, _ = vae_ops.reparameterize_kl(
+            zeros, zeros, seed=seeds.next(), implementation=self.implementation
+        )
+        decoder_output = self.decoder(z[0])
         if draw:
             return self.likelihood.sample(decoder_output, seed=seeds)
         return self.likelihood.mean(decoder_output)
@@ -1019,11 +1025,13 @@ def _nonfinite_message(step):
 def _split_gradients(mask, variables, encoder_gradients, gradients):
     """The gradients of `variables`, in order: `encoder_gradients(vs)` for
     those `mask` marks, `gradients(vs)` for the others."""
-    encoder = [v for v, m in zip(variables, mask) if m]
-    others = [v for v, m in zip(variables, mask) if not m]
-    encoder = iter(encoder_gradients(encoder) if encoder else [])
-    others = iter(gradients(others) if others else [])
-    return [next(encoder) if m else next(others) for m in mask]
+    encoder = [i for i, m in enumerate(mask) if m]
+    others = [i for i, m in enumerate(mask) if not m]
+    by_index = {}
+    for indices, take in ((encoder, encoder_gradients), (others, gradients)):
+        if indices:
+            by_index.update(zip(indices, take([variables[i] for i in indices])))
+    return [by_index[i] for i in range(len(mask))]
 
 
 def _replica_logs(logs):
