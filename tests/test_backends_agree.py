@@ -123,3 +123,23 @@ def test_an_unsupported_backend_is_refused_at_import():
     assert "ImportError" in proc.stderr
     assert "('tensorflow', 'jax', 'torch')" in proc.stderr
     assert "'numpy'" in proc.stderr
+
+
+def test_jax_data_parallel_on_two_devices_matches_one_device():
+    """keras.distribution.DataParallel over 2 host devices trains DReG to
+    the weights one device reaches (the batch is split, the noise is the
+    global batch's)."""
+    proc = run_python(
+        ["-m", "helpers.data_parallel_worker"],
+        env=python_env(
+            KERAS_BACKEND="jax",
+            XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        ),
+        timeout=600,
+    )
+    values = dict(
+        line.split() for line in proc.stdout.splitlines()
+        if line.startswith("max_")
+    )
+    assert float(values["max_change"]) > 1e-3
+    assert float(values["max_difference"]) < 1e-5
