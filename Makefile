@@ -59,8 +59,13 @@ results: build
 	done
 	$(PY) -m benchmarks.results_table $(RESULTS_DIR)
 
+# The whole suite on TensorFlow, then the backend-agnostic tests
+# (tests/backends) on JAX and PyTorch; tests/test_backends_agree.py compares
+# the three in subprocesses.
 test: build sanitize
 	$(PY) -m pytest tests -q
+	KERAS_BACKEND=jax $(PY) -m pytest tests/backends -q
+	KERAS_BACKEND=torch $(PY) -m pytest tests/backends -q
 
 # The C++ tests, in a build of their own (no TensorFlow needed): the CPU
 # kernels and the shape contract under AddressSanitizer and

@@ -15,7 +15,7 @@ import sys
 
 from benchmarks.timing import interleaved_medians, paired_ratio
 
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -68,11 +68,13 @@ def _best(timings, prefix, backend=None):
 
 def summarize(timings):
     """keras-vae's fastest candidate against the plain VAE's: overall, on
-    TensorFlow and on JAX, as paired ratios (plain time / keras-vae time);
+    TensorFlow, JAX and PyTorch, as paired ratios (plain time / keras-vae time);
     and what the VAE's check for non-finite steps costs."""
     vae = _best(timings, "keras_vae.VAE")
     summary = {"best_keras_vae": vae}
-    for key, backend in (("", None), ("_tf", "tensorflow"), ("_jax", "jax")):
+    for key, backend in (
+        ("", None), ("_tf", "tensorflow"), ("_jax", "jax"), ("_torch", "torch")
+    ):
         plain = _best(timings, "plain", backend)
         if plain:
             summary[f"best_plain{key}"] = plain

@@ -91,6 +91,11 @@ BACKEND_CANDIDATES = {
         "plain Keras, XLA": ("plain", True),
     },
     "jax": {
+        "keras_vae.VAE": ("keras_vae", "auto"),
+        "plain Keras": ("plain", "auto"),
+    },
+    "torch": {
+        "keras_vae.VAE": ("keras_vae", "auto"),
         "plain Keras": ("plain", "auto"),
     },
 }

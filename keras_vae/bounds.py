@@ -10,11 +10,15 @@ A custom `train_step` can use them directly:
 >>> z, kl, log_ratio = keras_vae.ops.reparameterize_kl(mean, log_var, 8, seed)
 >>> log_px_z = likelihood.log_prob(x, decode(z))          # [8, B]
 >>> loss = -ops.mean(keras_vae.bounds.iwae_bound(log_px_z, log_ratio))
+
+or take the whole objective of `keras_vae.VAE` from `training_losses`.
 """
 
 import math
 
 from keras import ops
+
+from keras_vae.checks import check_objective
 
 __all__ = [
     "elbo",
@@ -25,6 +29,9 @@ __all__ = [
     "kl_per_dimension",
     "free_bits_kl",
     "combine_log_mean_exp",
+    "batch_mean",
+    "stops_log_ratio_param_grad",
+    "training_losses",
 ]
 
 
@@ -111,3 +118,106 @@ def combine_log_mean_exp(chunk_logsumexps, num_samples):
         importance-sampling estimate of log p(x) (Burda et al. 2015).
     """
     return ops.logsumexp(chunk_logsumexps, axis=0) - math.log(num_samples)
+
+
+def batch_mean(values, sample_weight=None):
+    """The mean of per-example `values` `[B]`, weighted by `sample_weight`."""
+    if sample_weight is None:
+        return ops.mean(values)
+    weight = ops.cast(ops.reshape(sample_weight, ops.shape(values)), "float32")
+    return ops.sum(values * weight) / ops.sum(weight)
+
+
+def stops_log_ratio_param_grad(gradient_estimator):
+    """Whether `gradient_estimator` needs `log_ratio` from the op with
+    `stop_log_ratio_param_grad=True` (STL and DReG: the path through z
+    alone)."""
+    return gradient_estimator != "standard"
+
+
+def training_losses(
+    log_px_z,
+    log_ratio,
+    kl,
+    mean=None,
+    log_var=None,
+    objective="elbo",
+    gradient_estimator="standard",
+    kl_estimator="analytic",
+    beta=1.0,
+    free_bits=0.0,
+    sample_weight=None,
+):
+    """The losses of one batch and the per-example terms to report.
+
+    The objective of `keras_vae.VAE`, for a custom `train_step`:
+
+    >>> stop = bounds.stops_log_ratio_param_grad("dreg")
+    >>> z, kl, log_ratio = keras_vae.ops.reparameterize_kl(
+    ...     mean, log_var, 5, seed, stop_log_ratio_param_grad=stop)
+    >>> log_px_z = likelihood.log_prob(x, decode(z))
+    >>> losses, report = bounds.training_losses(
+    ...     log_px_z, log_ratio, kl, objective="iwae",
+    ...     gradient_estimator="dreg")
+
+    Then differentiate `losses["loss"]` for every variable, except, with
+    DReG, the encoder's, which take the gradient of
+    `losses["encoder_loss"]` (computed from the same samples).
+
+    Args:
+        log_px_z: `[K, B]`, log p(x|z_k).
+        log_ratio: `[K, B]`, log q(z_k|x) - log p(z_k), from the op with
+            `stop_log_ratio_param_grad=stops_log_ratio_param_grad(
+            gradient_estimator)`.
+        kl: `[B]`, the analytic KL.
+        mean, log_var: `[B, D]`, q's parameters; needed for free bits only.
+        objective: `"elbo"` or `"iwae"`.
+        gradient_estimator: `"standard"`, `"stl"` or `"dreg"` (IWAE only).
+            STL with the ELBO uses the Monte Carlo KL.
+        kl_estimator: `"analytic"` or `"mc"`, the ELBO's KL.
+        beta: the KL weight (a float or a scalar tensor); with the IWAE
+            objective it scales `log_ratio` inside the weights.
+        free_bits: the floor in nats per latent dimension (ELBO, analytic
+            KL, standard gradient only).
+        sample_weight: optional `[B]` weights of the batch mean.
+
+    Returns:
+        `(losses, report)`: `losses["loss"]`, the scalar to minimize (the
+        negative bound with beta, averaged over the batch), and with DReG
+        `losses["encoder_loss"]`; `report["bound"]` (the bound with
+        beta = 1), `report["reconstruction"]` (`mean_k log p(x|z_k)`) and
+        `report["kl"]`, each `[B]`.
+    """
+    free_bits = check_objective(
+        objective, gradient_estimator, kl_estimator, free_bits
+    )
+    log_px_z, log_ratio, kl = (
+        ops.convert_to_tensor(t) for t in (log_px_z, log_ratio, kl)
+    )
+    reconstruction = ops.mean(log_px_z, axis=0)
+    losses = {}
+    if objective == "iwae":
+        bound = iwae_bound(log_px_z, log_ratio)
+        losses["loss"] = -batch_mean(
+            iwae_bound(log_px_z, beta * log_ratio), sample_weight
+        )
+        if gradient_estimator == "dreg":
+            losses["encoder_loss"] = -batch_mean(
+                dreg_surrogate(log_px_z, beta * log_ratio), sample_weight
+            )
+    elif kl_estimator == "mc" or gradient_estimator == "stl":
+        bound = elbo_mc(log_px_z, log_ratio)
+        losses["loss"] = -batch_mean(
+            elbo_mc(log_px_z, beta * log_ratio), sample_weight
+        )
+    else:
+        bound = elbo(log_px_z, kl)
+        if free_bits > 0.0:
+            kl_term = free_bits_kl(kl_per_dimension(mean, log_var), free_bits)
+        else:
+            kl_term = batch_mean(kl, sample_weight)
+        losses["loss"] = (
+            -batch_mean(reconstruction, sample_weight) + beta * kl_term
+        )
+    report = {"bound": bound, "reconstruction": reconstruction, "kl": kl}
+    return losses, report

@@ -32,6 +32,44 @@ def check_count(value, name: str = "num_samples", allow_none: bool = False):
     return int(value)
 
 
+def check_objective(objective, gradient_estimator, kl, free_bits):
+    """The VAE's training objective: one valid cell of the grid of
+    objective x gradient estimator x KL estimator x free bits.
+
+    Returns:
+        `free_bits` as a float.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective must be one of {OBJECTIVES}, got {objective!r}"
+        )
+    if gradient_estimator not in GRADIENT_ESTIMATORS:
+        raise ValueError(
+            f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, "
+            f"got {gradient_estimator!r}"
+        )
+    if gradient_estimator == "dreg" and objective != "iwae":
+        raise ValueError(
+            'gradient_estimator="dreg" needs objective="iwae", got '
+            f"objective={objective!r}"
+        )
+    if kl not in KL_ESTIMATORS:
+        raise ValueError(f"kl must be one of {KL_ESTIMATORS}, got {kl!r}")
+    if not float(free_bits) >= 0.0:
+        raise ValueError(f"free_bits must be >= 0, got {free_bits!r}")
+    free_bits = float(free_bits)
+    if free_bits > 0.0 and (
+        objective != "elbo" or kl != "analytic" or gradient_estimator != "standard"
+    ):
+        raise ValueError(
+            "free_bits needs objective='elbo', kl='analytic' and "
+            "gradient_estimator='standard', got objective="
+            f"{objective!r}, kl={kl!r}, "
+            f"gradient_estimator={gradient_estimator!r}"
+        )
+    return free_bits
+
+
 def check_implementation(implementation: str) -> str:
     from keras_vae.ops import IMPLEMENTATIONS
 

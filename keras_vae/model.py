@@ -1,27 +1,57 @@
 """`VAE`: a variational autoencoder trained on the ELBO or the IWAE bound."""
 
-import math
+import sys
 from typing import Optional
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from keras_vae import bounds
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
 from keras_vae import seeding
-from keras_vae.checks import GRADIENT_ESTIMATORS
-from keras_vae.checks import KL_ESTIMATORS
-from keras_vae.checks import OBJECTIVES
 from keras_vae.checks import check_count
 from keras_vae.checks import check_implementation
+from keras_vae.checks import check_objective
 from keras_vae.seeding import next_seed
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
+# The non-finite check's message, around the failing step's number.
+_NONFINITE_HEAD = (
+    "keras_vae: the loss or a gradient is NaN or Inf at training step "
+    "(counted from 1)"
+)
+_NONFINITE_TAIL = (
+    "; the weights were not updated. Look for NaN/Inf in the data or a "
+    "diverging learning rate (stop_on_nonfinite=False turns this check off)."
+)
+# The JAX train step's log of whether it was finite, read and dropped by the
+# train function.
+_FINITE_LOG = "_keras_vae_finite"
 # Bytes of decoder activations one batch of `log_likelihood` may hold.
 LOG_LIKELIHOOD_MEMORY_BUDGET = 256 * 2**20
+
+
+def _backend():
+    return keras.backend.backend()
+
+
+def _tf():
+    """TensorFlow, imported on its own backend only: JAX and PyTorch run
+    without it."""
+    import tensorflow as tf
+
+    return tf
+
+
+def _tf_function(method):
+    """`tf.function(method)` on TensorFlow; the method itself on JAX and
+    PyTorch, eager: a jitted method would capture the weights of its first
+    call as constants."""
+    if _backend() != "tensorflow":
+        return method
+    return _tf().function(method, reduce_retracing=True)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -136,22 +166,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
     ):
         super().__init__(**kwargs)
         num_samples = check_count(num_samples)
-        if objective not in OBJECTIVES:
-            raise ValueError(
-                f"objective must be one of {OBJECTIVES}, got {objective!r}"
-            )
-        if gradient_estimator not in GRADIENT_ESTIMATORS:
-            raise ValueError(
-                f"gradient_estimator must be one of {GRADIENT_ESTIMATORS}, "
-                f"got {gradient_estimator!r}"
-            )
-        if gradient_estimator == "dreg" and objective != "iwae":
-            raise ValueError(
-                'gradient_estimator="dreg" needs objective="iwae", got '
-                f"objective={objective!r}"
-            )
-        if kl not in KL_ESTIMATORS:
-            raise ValueError(f"kl must be one of {KL_ESTIMATORS}, got {kl!r}")
+        free_bits = check_objective(objective, gradient_estimator, kl, free_bits)
         if not isinstance(beta, _Schedule):
             if isinstance(beta, bool) or not float(beta) >= 0.0:
                 raise ValueError(
@@ -159,20 +174,6 @@ class VAE(seeding.SavesSeedState, keras.Model):
                     f"schedules.LearningRateSchedule, got {beta!r}"
                 )
             beta = float(beta)
-        if not float(free_bits) >= 0.0:
-            raise ValueError(f"free_bits must be >= 0, got {free_bits!r}")
-        free_bits = float(free_bits)
-        if free_bits > 0.0 and (
-            objective != "elbo"
-            or kl != "analytic"
-            or gradient_estimator != "standard"
-        ):
-            raise ValueError(
-                "free_bits needs objective='elbo', kl='analytic' and "
-                "gradient_estimator='standard', got objective="
-                f"{objective!r}, kl={kl!r}, "
-                f"gradient_estimator={gradient_estimator!r}"
-            )
         check_implementation(implementation)
 
         self.encoder = encoder
@@ -234,7 +235,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
             output_shape = self.decoder.output_shape
         except (AttributeError, ValueError):
             return
-        if not isinstance(output_shape, tuple) or x.shape.rank is None:
+        if not isinstance(output_shape, tuple) or _rank(x) is None:
             return
         x_event = tuple(x.shape[1:])
         out_event = tuple(output_shape[1:])
@@ -269,12 +270,12 @@ class VAE(seeding.SavesSeedState, keras.Model):
         """`check_data` on an array, or a dataset's first batch."""
         if data is None:
             return
-        if isinstance(data, tf.data.Dataset):
+        if _is_tf_dataset(data):
             for batch in data.take(1):
                 data = batch
         if isinstance(data, (tuple, list)):
             data = keras.utils.unpack_x_y_sample_weight(tuple(data))[0]
-        if isinstance(data, (np.ndarray, tf.Tensor)):
+        if isinstance(data, np.ndarray) or _is_tensor(data):
             self.check_data(data)
 
     def fit(self, x=None, *args, validation_data=None, **kwargs):
@@ -344,9 +345,8 @@ class VAE(seeding.SavesSeedState, keras.Model):
         if len(z.shape) <= 2:
             return self.decoder(z)
         # The decoder sees one batch axis: fold the sample axes into it.
-        flat = self.decoder(tf.reshape(z, [-1, tf.shape(z)[-1]]))
-        shape = tf.concat([tf.shape(z)[:-1], tf.shape(flat)[1:]], axis=0)
-        return tf.reshape(flat, shape)
+        flat = self.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])))
+        return ops.reshape(flat, (*ops.shape(z)[:-1], *ops.shape(flat)[1:]))
 
     def call(self, x, training=None):
         mean, _ = self.encode(x)
@@ -378,49 +378,35 @@ class VAE(seeding.SavesSeedState, keras.Model):
         return self.beta
 
     def _objective(self, x, sample_weight, seed):
-        """Losses to minimize and the per-example terms to report.
+        """Losses to minimize and the per-example terms to report: encode,
+        sample, decode, bound (`keras_vae.bounds.training_losses`).
 
         Returns `(losses, report)`: `losses` maps `"loss"` (and, for DReG,
         `"encoder_loss"`) to scalars; `report` holds the per-example bound,
         reconstruction and KL.
         """
-        stop = self.gradient_estimator != "standard"
+        stop = bounds.stops_log_ratio_param_grad(self.gradient_estimator)
         mean, log_var, kl, log_ratio, log_px_z = self._posterior_samples(
             x, self.num_samples, seed, stop=stop
         )
-        beta = self._beta()
-        batch_mean = lambda v: _weighted_mean(v, sample_weight)  # noqa: E731
-        reconstruction = ops.mean(log_px_z, axis=0)
-        losses = {}
-        if self.objective == "iwae":
-            bound = bounds.iwae_bound(log_px_z, log_ratio)
-            losses["loss"] = -batch_mean(
-                bounds.iwae_bound(log_px_z, beta * log_ratio)
-            )
-            if self.gradient_estimator == "dreg":
-                losses["encoder_loss"] = -batch_mean(
-                    bounds.dreg_surrogate(log_px_z, beta * log_ratio)
-                )
-        elif self.kl == "mc" or self.gradient_estimator == "stl":
-            bound = bounds.elbo_mc(log_px_z, log_ratio)
-            losses["loss"] = -batch_mean(
-                bounds.elbo_mc(log_px_z, beta * log_ratio)
-            )
-        else:
-            bound = bounds.elbo(log_px_z, kl)
-            if self.free_bits > 0.0:
-                kl_term = bounds.free_bits_kl(
-                    bounds.kl_per_dimension(mean, log_var), self.free_bits
-                )
-            else:
-                kl_term = batch_mean(kl)
-            losses["loss"] = -batch_mean(reconstruction) + beta * kl_term
+        losses, report = bounds.training_losses(
+            log_px_z,
+            log_ratio,
+            kl,
+            mean,
+            log_var,
+            objective=self.objective,
+            gradient_estimator=self.gradient_estimator,
+            kl_estimator=self.kl,
+            beta=self._beta(),
+            free_bits=self.free_bits,
+            sample_weight=sample_weight,
+        )
         if self.losses:
             regularization = ops.sum(
                 [ops.cast(v, "float32") for v in self.losses]
             )
             losses = {k: v + regularization for k, v in losses.items()}
-        report = {"bound": bound, "reconstruction": reconstruction, "kl": kl}
         return losses, report
 
     def _update_metrics(self, loss, report, sample_weight):
@@ -435,77 +421,213 @@ class VAE(seeding.SavesSeedState, keras.Model):
         return _replica_logs({m.name: m.result() for m in self.metrics})
 
     def _scaled(self, loss):
-        # Keras's convention under tf.distribute: each replica's loss is
-        # divided by the replica count, and the gradients are summed.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if replicas > 1:
-            loss = loss / replicas
+        if _backend() == "tensorflow":
+            # Keras's convention under tf.distribute: each replica's loss is
+            # divided by the replica count, and the gradients are summed.
+            # (JAX's distribution computes one global loss.)
+            replicas = _tf().distribute.get_strategy().num_replicas_in_sync
+            if replicas > 1:
+                loss = loss / replicas
         # Before compile there is no optimizer, hence no loss scaling.
         optimizer = getattr(self, "optimizer", None)
         if optimizer is None:
             return loss
         return optimizer.scale_loss(loss)
 
+    def _encoder_mask(self):
+        """Per trainable variable, whether the encoder loss trains it: with
+        DReG the encoder's variables, otherwise none."""
+        variables = self.trainable_variables
+        if self.gradient_estimator != "dreg":
+            return [False] * len(variables)
+        encoder_ids = {id(v) for v in self.encoder.trainable_variables}
+        return [id(v) in encoder_ids for v in variables]
+
     def compute_gradients(self, x, sample_weight=None, seed=None):
         """Gradients of the training loss for one batch, without applying them.
 
+        With DReG the encoder's variables get the gradient of the encoder
+        loss, the others that of the loss, from the same samples. On JAX
+        the gradients are taken statelessly at the variables' current
+        values (the model's seed generator still advances).
+
         Returns:
-            `(gradients, variables, losses, report)`; see `train_step`.
+            `(gradients, variables, losses, report)`: `variables` are
+            `self.trainable_variables`; see `train_step`.
         """
+        backend = _backend()
+        if backend == "jax":
+            values = lambda vs: [v.value for v in vs]  # noqa: E731
+            optimizer = getattr(self, "optimizer", None)
+            gradients, losses, report, non_trainable = self._jax_gradients(
+                values(self.trainable_variables),
+                values(self.non_trainable_variables),
+                values(optimizer.variables) if optimizer else [],
+                x,
+                sample_weight,
+                seed,
+            )
+            for variable, value in zip(
+                self.non_trainable_variables, non_trainable
+            ):
+                variable.assign(value)
+            return gradients, self.trainable_variables, losses, report
         if seed is None:
             seed = next_seed(self.seed_generator)
-        dreg = self.gradient_estimator == "dreg"
-        with tf.GradientTape(persistent=dreg) as tape:
+        if backend == "torch":
+            return self._torch_gradients(x, sample_weight, seed)
+        tf = _tf()
+        mask = self._encoder_mask()
+        with tf.GradientTape(persistent=any(mask)) as tape:
             losses, report = self._objective(x, sample_weight, seed)
             scaled = {k: self._scaled(v) for k, v in losses.items()}
-        if not dreg:
-            variables = self.trainable_variables
-            gradients = tape.gradient(scaled["loss"], variables)
-        else:
-            # Each loss only trains its own side of the model.
-            encoder_ids = {id(v) for v in self.encoder.trainable_variables}
-            encoder_vars = self.encoder.trainable_variables
-            other_vars = [
-                v for v in self.trainable_variables if id(v) not in encoder_ids
-            ]
-            variables = encoder_vars + other_vars
-            gradients = tape.gradient(
-                scaled["encoder_loss"], encoder_vars
-            ) + tape.gradient(scaled["loss"], other_vars)
-            del tape
-        return gradients, variables, losses, report
+        gradients = _split_gradients(
+            mask,
+            self.trainable_variables,
+            lambda vs: tape.gradient(scaled["encoder_loss"], vs),
+            lambda vs: tape.gradient(scaled["loss"], vs),
+        )
+        del tape
+        return gradients, self.trainable_variables, losses, report
 
-    def _nonfinite_check(self, loss, gradients):
-        """An op that fails unless the loss and the gradients are finite."""
+    def _torch_gradients(self, x, sample_weight, seed):
+        import torch
+
+        losses, report = self._objective(x, sample_weight, seed)
+        scaled = {k: self._scaled(v) for k, v in losses.items()}
+        mask = self._encoder_mask()
+
+        def gradient(loss, retain):
+            def of(variables):
+                if not variables:
+                    return []
+                grads = torch.autograd.grad(
+                    loss,
+                    [v.value for v in variables],
+                    retain_graph=retain,
+                    allow_unused=True,
+                )
+                return [
+                    torch.zeros_like(v.value) if g is None else g
+                    for v, g in zip(variables, grads)
+                ]
+
+            return of
+
+        gradients = _split_gradients(
+            mask,
+            self.trainable_variables,
+            gradient(scaled.get("encoder_loss"), retain=True),
+            gradient(scaled["loss"], retain=False),
+        )
+        return gradients, self.trainable_variables, losses, report
+
+    def _stateless_scope(self, *pairs):
+        mapping = []
+        for variables, values in pairs:
+            mapping.extend(zip(variables, values))
+        return keras.StatelessScope(state_mapping=mapping, collect_losses=True)
+
+    def _jax_gradients(
+        self,
+        trainable,
+        non_trainable,
+        optimizer_variables,
+        x,
+        sample_weight,
+        seed=None,
+    ):
+        """Gradients as pure functions of the variables' values (JAX).
+
+        One forward pass, two pullbacks for DReG: the encoder's variables
+        take the encoder loss's cotangent, the others the loss's.
+
+        Returns:
+            `(gradients, losses, report, non_trainable)`, the last the
+            non-trainable values after the step (the seed advanced).
+        """
+        import jax
+
+        optimizer = getattr(self, "optimizer", None)
+
+        def forward(trainable):
+            with self._stateless_scope(
+                (self.trainable_variables, trainable),
+                (self.non_trainable_variables, non_trainable),
+                (optimizer.variables if optimizer else [], optimizer_variables),
+            ) as scope:
+                step_seed = next_seed(self.seed_generator) if seed is None else seed
+                losses, report = self._objective(x, sample_weight, step_seed)
+                scaled = {k: self._scaled(v) for k, v in losses.items()}
+            new_non_trainable = [
+                scope.get_current_value(v) for v in self.non_trainable_variables
+            ]
+            return scaled, (losses, report, new_non_trainable)
+
+        scaled, pullback, (losses, report, new_non_trainable) = jax.vjp(
+            forward, trainable, has_aux=True
+        )
+
+        def gradient(name):
+            (gradients,) = pullback(
+                {
+                    k: ops.ones_like(v) if k == name else ops.zeros_like(v)
+                    for k, v in scaled.items()
+                }
+            )
+            return gradients
+
+        gradients = gradient("loss")
+        mask = self._encoder_mask()
+        if any(mask):
+            # Unused entries of each pullback are pruned under jit.
+            encoder_gradients = gradient("encoder_loss")
+            gradients = [
+                e if m else g
+                for m, e, g in zip(mask, encoder_gradients, gradients)
+            ]
+        return gradients, losses, report, new_non_trainable
+
+    def _finite_inputs(self, loss, gradients):
+        """What the non-finite check looks at: the loss, and the gradients
+        unless a LossScaleOptimizer skips overflowing steps itself."""
         checked = [loss]
         if not isinstance(
             self.optimizer, keras.optimizers.LossScaleOptimizer
         ):
             checked += [g for g in gradients if g is not None]
-        finite = tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(t)) for t in checked]
-        )
-        step = self.optimizer.iterations + 1
-        return tf.debugging.Assert(
-            finite,
-            [
-                "keras_vae: the loss or a gradient is NaN or Inf at training "
-                "step (counted from 1)",
-                step,
-                "; the weights were not updated. Look for NaN/Inf in the "
-                "data or a diverging learning rate (stop_on_nonfinite=False "
-                "turns this check off).",
-            ],
+        return checked
+
+    def _all_finite(self, tensors):
+        return ops.all(
+            ops.stack([ops.all(ops.isfinite(t)) for t in tensors])
         )
 
-    def train_step(self, data):
+    def _nonfinite_check(self, loss, gradients):
+        """A TensorFlow op that fails unless the loss and gradients are
+        finite."""
+        finite = self._all_finite(self._finite_inputs(loss, gradients))
+        step = self.optimizer.iterations + 1
+        return _tf().debugging.Assert(
+            finite, [_NONFINITE_HEAD, step, _NONFINITE_TAIL]
+        )
+
+    def train_step(self, *args):
+        """One training step: Keras's `train_step(data)` on TensorFlow and
+        PyTorch, the stateless `train_step(state, data)` on JAX."""
+        if _backend() == "jax":
+            return self._jax_train_step(*args)
+        (data,) = args
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         gradients, variables, losses, report = self.compute_gradients(
             x, sample_weight
         )
-        if not self.stop_on_nonfinite:
+        if _backend() == "torch":
+            self._torch_apply(gradients, variables, losses["loss"])
+        elif not self.stop_on_nonfinite:
             self.optimizer.apply_gradients(zip(gradients, variables))
         else:
+            tf = _tf()
             # The optimizer's variables are created outside the check's
             # control context, from which XLA cannot lift them.
             if not self.optimizer.built:
@@ -517,12 +639,119 @@ class VAE(seeding.SavesSeedState, keras.Model):
                 self.optimizer.apply_gradients(zip(gradients, variables))
         return self._update_metrics(losses["loss"], report, sample_weight)
 
-    def test_step(self, data):
+    def _torch_apply(self, gradients, variables, loss):
+        import torch
+
+        if self.stop_on_nonfinite and not bool(
+            self._all_finite(self._finite_inputs(loss, gradients))
+        ):
+            step = int(self.optimizer.iterations) + 1
+            raise FloatingPointError(_nonfinite_message(step))
+        with torch.no_grad():
+            self.optimizer.apply(gradients, variables)
+
+    def _jax_train_step(self, state, data):
+        trainable, non_trainable, optimizer_variables, metrics_variables = (
+            state
+        )
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        gradients, losses, report, non_trainable = self._jax_gradients(
+            trainable, non_trainable, optimizer_variables, x, sample_weight
+        )
+        new_trainable, new_optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+        finite = None
+        if self.stop_on_nonfinite:
+            # Inside jit nothing can raise: the step keeps the old weights
+            # and optimizer state, and the train function raises after it.
+            finite = self._all_finite(
+                self._finite_inputs(losses["loss"], gradients)
+            )
+            keep = lambda new, old: [  # noqa: E731
+                ops.where(finite, n, o) for n, o in zip(new, old)
+            ]
+            new_trainable = keep(new_trainable, trainable)
+            new_optimizer_variables = keep(
+                new_optimizer_variables, optimizer_variables
+            )
+        logs, metrics_variables = self._stateless_metrics(
+            metrics_variables, losses["loss"], report, sample_weight
+        )
+        if finite is not None:
+            logs[_FINITE_LOG] = finite
+        state = (
+            new_trainable,
+            non_trainable,
+            new_optimizer_variables,
+            metrics_variables,
+        )
+        return logs, state
+
+    def _stateless_metrics(self, metrics_variables, loss, report, sample_weight):
+        with self._stateless_scope(
+            (self.metrics_variables, metrics_variables)
+        ) as scope:
+            logs = self._update_metrics(loss, report, sample_weight)
+        return logs, [
+            scope.get_current_value(v) for v in self.metrics_variables
+        ]
+
+    def make_train_function(self, force=False):
+        previous = self.train_function
+        super().make_train_function(force=force)
+        if _backend() != "jax" or self.train_function is previous:
+            return
+        step_function = self.train_function
+
+        def train_function(state, iterator):
+            logs, state = step_function(state, iterator)
+            finite = logs.pop(_FINITE_LOG, None)
+            if finite is not None and not bool(finite):
+                # The state kept the weights of before the step: give them
+                # back to the model, as fit does when it ends.
+                trainable, non_trainable, optimizer_variables, metrics = state
+                self._jax_state = {
+                    "trainable_variables": trainable,
+                    "non_trainable_variables": non_trainable,
+                    "optimizer_variables": optimizer_variables,
+                    "metrics_variables": metrics,
+                }
+                self._jax_state_synced = False
+                step = _iterations(self.optimizer, optimizer_variables) + 1
+                raise FloatingPointError(_nonfinite_message(step))
+            return logs, state
+
+        self.train_function = train_function
+
+    def test_step(self, *args):
+        """One evaluation step; stateless `test_step(state, data)` on JAX."""
+        if _backend() == "jax":
+            return self._jax_test_step(*args)
+        (data,) = args
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         losses, report = self._objective(
             x, sample_weight, next_seed(self.seed_generator)
         )
         return self._update_metrics(losses["loss"], report, sample_weight)
+
+    def _jax_test_step(self, state, data):
+        trainable, non_trainable, metrics_variables = state
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with self._stateless_scope(
+            (self.trainable_variables, trainable),
+            (self.non_trainable_variables, non_trainable),
+        ) as scope:
+            losses, report = self._objective(
+                x, sample_weight, next_seed(self.seed_generator)
+            )
+        non_trainable = [
+            scope.get_current_value(v) for v in self.non_trainable_variables
+        ]
+        logs, metrics_variables = self._stateless_metrics(
+            metrics_variables, losses["loss"], report, sample_weight
+        )
+        return logs, (trainable, non_trainable, metrics_variables)
 
     # Inference.
 
@@ -542,15 +771,21 @@ class VAE(seeding.SavesSeedState, keras.Model):
             seed: a seed (int or pair) for reproducible samples; `None`
                 uses the model's seed generator.
             draw: if False, returns the likelihood's mean E[x|z]; if True, a
-                draw x ~ p(x|z).
+                draw x ~ p(x|z). z is the op's noise, the same on every
+                backend for the same seed (and so the means are); the draw
+                of x is the backend's own.
 
         Returns:
             `[n, *event]`.
         """
         n = check_count(n, "n")
         seeds = self._seeds(seed)
-        z = keras.random.normal((n, self.latent_dim), seed=seeds)
-        decoder_output = self.decoder(z)
+        # z from the op's noise, which is the same on every backend.
+        zeros = ops.zeros((n, self.latent_dim), "float32")
+        z, _, _ = vae_ops.reparameterize_kl(
+            zeros, zeros, seed=seeds.next(), implementation=self.implementation
+        )
+        decoder_output = self.decoder(z[0])
         if draw:
             return self.likelihood.sample(decoder_output, seed=seeds)
         return self.likelihood.mean(decoder_output)
@@ -596,7 +831,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         )
         return bounds.iwae_bound(log_px_z, log_ratio)
 
-    @tf.function(reduce_retracing=True)
+    @_tf_function
     def _chunk_logsumexp(self, x, num_samples, seed):
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, seed
@@ -715,7 +950,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
             except (AttributeError, ValueError, IndexError):
                 shape = None
             if isinstance(shape, tuple):
-                input_signature = [tf.TensorSpec(shape, dtype)]
+                input_signature = [_tf().TensorSpec(shape, dtype)]
         return super().export(
             filepath,
             format=format,
@@ -758,6 +993,47 @@ class VAE(seeding.SavesSeedState, keras.Model):
         return cls(**config)
 
 
+def _is_tf_dataset(x):
+    # Only a program that imported TensorFlow can hold a tf.data.Dataset.
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(x, tf.data.Dataset)
+
+
+def _is_tensor(x):
+    """A tensor of the active backend, or a TensorFlow one (from tf.data)."""
+    tf = sys.modules.get("tensorflow")
+    return ops.is_tensor(x) or (tf is not None and isinstance(x, tf.Tensor))
+
+
+def _rank(x):
+    """x's rank, or None when unknown (a TensorFlow graph)."""
+    return getattr(x.shape, "rank", len(x.shape))
+
+
+def _iterations(optimizer, optimizer_variables):
+    """The optimizer's step counter among its stateless values."""
+    for variable, value in zip(optimizer.variables, optimizer_variables):
+        if variable is optimizer.iterations:
+            return int(value)
+    return int(optimizer.iterations)
+
+
+def _nonfinite_message(step):
+    return f"{_NONFINITE_HEAD} {step}{_NONFINITE_TAIL}"
+
+
+def _split_gradients(mask, variables, encoder_gradients, gradients):
+    """The gradients of `variables`, in order: `encoder_gradients(vs)` for
+    those `mask` marks, `gradients(vs)` for the others."""
+    encoder = [i for i, m in enumerate(mask) if m]
+    others = [i for i, m in enumerate(mask) if not m]
+    by_index = {}
+    for indices, take in ((encoder, encoder_gradients), (others, gradients)):
+        if indices:
+            by_index.update(zip(indices, take([variables[i] for i in indices])))
+    return [by_index[i] for i in range(len(mask))]
+
+
 def _replica_logs(logs):
     """The step's logs in the shape Keras can reduce across replicas.
 
@@ -766,6 +1042,9 @@ def _replica_logs(logs):
     scalars (tensorflow/tensorflow#72388). A `[1]` tensor reduces to the
     same mean over the replicas, as a scalar.
     """
+    if _backend() != "tensorflow":
+        return logs
+    tf = _tf()
     strategy = tf.distribute.get_strategy()
     if (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -777,9 +1056,9 @@ def _replica_logs(logs):
 
 def _is_batch_iterable(x):
     """Whether x is a dataset or iterable of batches rather than an array."""
-    if isinstance(x, tf.data.Dataset):
+    if _is_tf_dataset(x):
         return True
-    if isinstance(x, (np.ndarray, tf.Tensor, list, tuple)) or hasattr(
+    if isinstance(x, (np.ndarray, list, tuple)) or hasattr(
         x, "shape"
     ):
         return False
@@ -831,8 +1110,3 @@ def _output_layer(model):
     return None
 
 
-def _weighted_mean(values, sample_weight):
-    if sample_weight is None:
-        return ops.mean(values)
-    weight = ops.cast(ops.reshape(sample_weight, ops.shape(values)), "float32")
-    return ops.sum(values * weight) / ops.sum(weight)

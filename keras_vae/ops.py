@@ -167,6 +167,8 @@ def reparameterize_kl(
         )
     _check_implementation(implementation)
     num_samples = check_num_samples(num_samples)
+    # NumPy arrays (and lists) become the backend's tensors, as in keras.ops.
+    mean, log_var = ops.convert_to_tensor(mean), ops.convert_to_tensor(log_var)
     seed = _seed_pair(seed)
     if implementation != "reference":
         ok, reason = backend.available()
@@ -230,6 +232,11 @@ def reparameterize_kl_reference(
     return tuple(ops.cast(t, dtype) for t in (z, kl, log_ratio))
 
 
+if keras.backend.backend() not in SUPPORTED_BACKENDS:
+    raise ImportError(
+        f"keras_vae supports the Keras backends {SUPPORTED_BACKENDS}, not "
+        f"{keras.backend.backend()!r}. Set KERAS_BACKEND to one of them."
+    )
 # On TensorFlow the op library loads with this module: graphs and
 # SavedModels that hold the op need it registered before they load.
 if keras.backend.backend() == "tensorflow":

@@ -107,6 +107,13 @@ def _seed(seed):
                 f"got {words.tolist()}"
             )
         seed = jnp.asarray(words, jnp.int64 if wide else jnp.int32)
+    if seed.dtype == jnp.uint32:
+        # Keras's seed generators hold uint32 words on JAX. Their bits are
+        # taken as int32, then sign-extended like every int32 seed: a word
+        # u >= 2**31 draws what TensorFlow draws from u - 2**32, and words
+        # below 2**31 (every seed a SeedGenerator starts from an int below
+        # 2**31, and its counter) draw the same as on the other backends.
+        seed = jax.lax.bitcast_convert_type(seed, jnp.int32)
     check_seed(str(seed.dtype), seed.shape)
     return seed
 
@@ -163,9 +170,11 @@ def reparameterize_kl(
             float32 and rounded once, as on TensorFlow.
         log_var: array of the shape and dtype of ``mean``.
         num_samples: K, a Python int >= 1 (static: it sets the shape of z).
-        seed: int32 (or int64, with ``jax_enable_x64``) array of shape
-            ``[2]``, or a pair of Python ints. Words are sign-extended to
-            64 bits, so ``[-1, 2]`` in int32 draws what TensorFlow draws from
+        seed: int32, uint32 (a Keras seed generator's) or int64 (with
+            ``jax_enable_x64``) array of shape ``[2]``, or a pair of Python
+            ints. uint32 words are read as the int32 of the same bits; words
+            are sign-extended to 64 bits, so ``[-1, 2]`` in int32 (and
+            ``[2**32 - 1, 2]`` in uint32) draws what TensorFlow draws from
             ``[-1, 2]`` in int64. It gets no gradient.
         stop_log_ratio_param_grad: a Python bool: stop the gradient through
             ``mean`` and ``log_var`` inside ``log_ratio``'s log q term, keeping

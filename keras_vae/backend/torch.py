@@ -273,4 +273,7 @@ def reference_normal(shape, seed, dtype):
     stream."""
     words = _seed_words(_seed(seed))
     generator = torch.Generator().manual_seed((words[0] ^ words[1] * 0x9E3779B97F4A7C15) % 2**63)
+    if isinstance(dtype, str):
+        # keras.ops names dtypes; torch.randn takes torch's.
+        dtype = getattr(torch, dtype)
     return torch.randn(tuple(shape), generator=generator, dtype=dtype)
