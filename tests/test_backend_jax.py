@@ -102,6 +102,18 @@ def test_seed_as_python_ints_without_x64():
     )
 
 
+def test_uint32_seed_words_read_as_the_int32_of_the_same_bits():
+    """Keras's seed generators hold uint32 on JAX: [2**32 - 1, 2] draws what
+    TensorFlow draws from [-1, 2]."""
+    mean, log_var = _params([3, 5], "float32")
+    expected = ops.reparameterize_kl(mean, log_var, 2, [-1, 2],
+                                     implementation="fused")
+    seed = jnp.asarray([2**32 - 1, 2], jnp.uint32)
+    _assert_same(
+        backend.reparameterize_kl(_jax(mean), _jax(log_var), 2, seed), expected
+    )
+
+
 @pytest.mark.parametrize("stop", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gradients_equal_the_tf_op_bit_for_bit(dtype, stop, x64):
@@ -277,7 +289,7 @@ def _call(mean=None, log_var=None, num_samples=2, seed=(1, 2)):
         (dict(num_samples=True), ValueError, "num_samples must be an int >= 1"),
         (dict(seed=(1, 2, 3)), ValueError, r"seed must have shape \[2\]"),
         (dict(seed=(1.0, 2.0)), ValueError, "seed must hold integers"),
-        (dict(seed=jnp.zeros([2], jnp.uint32)), ValueError,
+        (dict(seed=jnp.zeros([2], jnp.float32)), ValueError,
          "seed must be int32 or int64"),
         (dict(seed=(2**40, 1)), ValueError, "seed words must fit in int32"),
     ],

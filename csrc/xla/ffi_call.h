@@ -84,6 +84,41 @@ ffi::Error with_float_type(ffi::DataType type, F&& f) {
   return f(float());
 }
 
+// A forward call: checked, then launch(T(), shape) with T the storage type,
+// unless there is nothing to write (z and kl both empty).
+template <typename Launch>
+ffi::Error forward_call(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
+                        ffi::AnyBuffer seed, ffi::AnyBuffer z,
+                        ffi::AnyBuffer kl, ffi::AnyBuffer log_ratio,
+                        Launch&& launch) {
+  ReparamShape shape;
+  if (auto e = check_call(mean, log_var, seed, z, kl, log_ratio,
+                          /*upstream=*/false, &shape);
+      e.failure())
+    return e;
+  if (z.element_count() == 0 && kl.element_count() == 0) {
+    return ffi::Error::Success();
+  }
+  return with_float_type(mean.element_type(),
+                         [&](auto tag) { return launch(tag, shape); });
+}
+
+// A backward call, likewise; nothing to write when mean is empty.
+template <typename Launch>
+ffi::Error backward_call(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
+                         ffi::AnyBuffer seed, ffi::AnyBuffer grad_z,
+                         ffi::AnyBuffer grad_kl, ffi::AnyBuffer grad_log_ratio,
+                         Launch&& launch) {
+  ReparamShape shape;
+  if (auto e = check_call(mean, log_var, seed, grad_z, grad_kl,
+                          grad_log_ratio, /*upstream=*/true, &shape);
+      e.failure())
+    return e;
+  if (mean.element_count() == 0) return ffi::Error::Success();
+  return with_float_type(mean.element_type(),
+                         [&](auto tag) { return launch(tag, shape); });
+}
+
 template <typename T>
 T* data(ffi::AnyBuffer b) {
   return static_cast<T*>(b.untyped_data());

@@ -38,24 +38,19 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
                         ffi::Result<ffi::AnyBuffer> z,
                         ffi::Result<ffi::AnyBuffer> kl,
                         ffi::Result<ffi::AnyBuffer> log_ratio) {
-  ReparamShape shape;
-  if (auto e = check_call(mean, log_var, seed, *z, *kl, *log_ratio,
-                          /*upstream=*/false, &shape);
-      e.failure())
-    return e;
-  if (z->element_count() == 0 && kl->element_count() == 0) {
-    return ffi::Error::Success();
-  }
-  PhiloxStream noise;
-  if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
-  return with_float_type(mean.element_type(), [&](auto tag) {
-    using T = decltype(tag);
-    return cuda_error(
-        cuda::reparam_kl_forward<T>(shape, data<T>(mean), data<T>(log_var),
-                                    noise, data<T>(*z), data<T>(*kl),
-                                    data<T>(*log_ratio), stream),
-        "launching the forward kernel");
-  });
+  return forward_call(
+      mean, log_var, seed, *z, *kl, *log_ratio,
+      [&](auto tag, const ReparamShape& shape) {
+        using T = decltype(tag);
+        PhiloxStream noise;
+        if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
+        return cuda_error(
+            cuda::reparam_kl_forward<T>(shape, data<T>(mean),
+                                        data<T>(log_var), noise, data<T>(*z),
+                                        data<T>(*kl), data<T>(*log_ratio),
+                                        stream),
+            "launching the forward kernel");
+      });
 }
 
 ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
@@ -64,23 +59,20 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
                          ffi::AnyBuffer grad_log_ratio, bool stop_params,
                          ffi::Result<ffi::AnyBuffer> grad_mean,
                          ffi::Result<ffi::AnyBuffer> grad_log_var) {
-  ReparamShape shape;
-  if (auto e = check_call(mean, log_var, seed, grad_z, grad_kl,
-                          grad_log_ratio, /*upstream=*/true, &shape);
-      e.failure())
-    return e;
-  if (mean.element_count() == 0) return ffi::Error::Success();
-  PhiloxStream noise;
-  if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
-  return with_float_type(mean.element_type(), [&](auto tag) {
-    using T = decltype(tag);
-    return cuda_error(
-        cuda::reparam_kl_backward<T>(
-            shape, data<T>(mean), data<T>(log_var), noise, data<T>(grad_z),
-            data<T>(grad_kl), data<T>(grad_log_ratio), stop_params,
-            data<T>(*grad_mean), data<T>(*grad_log_var), stream),
-        "launching the backward kernel");
-  });
+  return backward_call(
+      mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
+      [&](auto tag, const ReparamShape& shape) {
+        using T = decltype(tag);
+        PhiloxStream noise;
+        if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
+        return cuda_error(
+            cuda::reparam_kl_backward<T>(
+                shape, data<T>(mean), data<T>(log_var), noise,
+                data<T>(grad_z), data<T>(grad_kl), data<T>(grad_log_ratio),
+                stop_params, data<T>(*grad_mean), data<T>(*grad_log_var),
+                stream),
+            "launching the backward kernel");
+      });
 }
 
 }  // namespace

@@ -60,28 +60,25 @@ cpu::ParallelFor pool_for(ffi::ThreadPool pool) {
   };
 }
 
+PhiloxStream host_stream(ffi::AnyBuffer seed) {
+  return stream_from_seed_words(seed.element_type(), seed.untyped_data());
+}
+
 ffi::Error forward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
                         ffi::AnyBuffer log_var, ffi::AnyBuffer seed,
                         ffi::Result<ffi::AnyBuffer> z,
                         ffi::Result<ffi::AnyBuffer> kl,
                         ffi::Result<ffi::AnyBuffer> log_ratio) {
-  ReparamShape shape;
-  if (auto e = check_call(mean, log_var, seed, *z, *kl, *log_ratio,
-                          /*upstream=*/false, &shape);
-      e.failure())
-    return e;
-  if (z->element_count() == 0 && kl->element_count() == 0) {
-    return ffi::Error::Success();
-  }
-  const PhiloxStream stream =
-      stream_from_seed_words(seed.element_type(), seed.untyped_data());
-  return with_float_type(mean.element_type(), [&](auto tag) {
-    using T = decltype(tag);
-    cpu::reparam_kl_forward<T>(shape, data<T>(mean), data<T>(log_var), stream,
-                               data<T>(*z), data<T>(*kl),
-                               data<T>(*log_ratio), pool_for(pool));
-    return ffi::Error::Success();
-  });
+  return forward_call(
+      mean, log_var, seed, *z, *kl, *log_ratio,
+      [&](auto tag, const ReparamShape& shape) {
+        using T = decltype(tag);
+        cpu::reparam_kl_forward<T>(shape, data<T>(mean), data<T>(log_var),
+                                   host_stream(seed), data<T>(*z),
+                                   data<T>(*kl), data<T>(*log_ratio),
+                                   pool_for(pool));
+        return ffi::Error::Success();
+      });
 }
 
 ffi::Error backward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
@@ -90,22 +87,17 @@ ffi::Error backward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
                          ffi::AnyBuffer grad_log_ratio, bool stop_params,
                          ffi::Result<ffi::AnyBuffer> grad_mean,
                          ffi::Result<ffi::AnyBuffer> grad_log_var) {
-  ReparamShape shape;
-  if (auto e = check_call(mean, log_var, seed, grad_z, grad_kl,
-                          grad_log_ratio, /*upstream=*/true, &shape);
-      e.failure())
-    return e;
-  if (mean.element_count() == 0) return ffi::Error::Success();
-  const PhiloxStream stream =
-      stream_from_seed_words(seed.element_type(), seed.untyped_data());
-  return with_float_type(mean.element_type(), [&](auto tag) {
-    using T = decltype(tag);
-    cpu::reparam_kl_backward<T>(
-        shape, data<T>(mean), data<T>(log_var), stream, data<T>(grad_z),
-        data<T>(grad_kl), data<T>(grad_log_ratio), stop_params,
-        data<T>(*grad_mean), data<T>(*grad_log_var), pool_for(pool));
-    return ffi::Error::Success();
-  });
+  return backward_call(
+      mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
+      [&](auto tag, const ReparamShape& shape) {
+        using T = decltype(tag);
+        cpu::reparam_kl_backward<T>(
+            shape, data<T>(mean), data<T>(log_var), host_stream(seed),
+            data<T>(grad_z), data<T>(grad_kl), data<T>(grad_log_ratio),
+            stop_params, data<T>(*grad_mean), data<T>(*grad_log_var),
+            pool_for(pool));
+        return ffi::Error::Success();
+      });
 }
 
 }  // namespace
