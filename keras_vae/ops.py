@@ -45,15 +45,24 @@ SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 _warned_fallback = set()
 
 
+_backend_modules = {}
+
+
 def _backend():
     """The module that calls the kernels on the active Keras backend."""
     name = keras.backend.backend()
-    if name not in SUPPORTED_BACKENDS:
-        raise RuntimeError(
-            f"keras_vae supports the Keras backends {SUPPORTED_BACKENDS}, "
-            f"not {name!r}. Set KERAS_BACKEND to one of them."
-        )
-    return importlib.import_module(f"keras_vae.backend.{name}")
+    module = _backend_modules.get(name)
+    if module is None:
+        if name not in SUPPORTED_BACKENDS:
+            raise RuntimeError(
+                f"keras_vae supports the Keras backends {SUPPORTED_BACKENDS}, "
+                f"not {name!r}. Set KERAS_BACKEND to one of them."
+            )
+        # Imported once, outside any traced function: AutoGraph would
+        # otherwise try to convert the import machinery, and warn.
+        module = importlib.import_module(f"keras_vae.backend.{name}")
+        _backend_modules[name] = module
+    return module
 
 
 def _on_tensorflow():
