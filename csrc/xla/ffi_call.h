@@ -10,6 +10,7 @@
 #include "reparam_kl.h"
 #include "shapes.h"
 #include "xla/ffi/api/ffi.h"
+#include "xla/reparam_kl_ffi.h"
 
 namespace keras_vae {
 namespace xla_ffi {
@@ -117,6 +118,35 @@ ffi::Error backward_call(ffi::AnyBuffer mean, ffi::AnyBuffer log_var,
   if (mean.element_count() == 0) return ffi::Error::Success();
   return with_float_type(mean.element_type(),
                          [&](auto tag) { return launch(tag, shape); });
+}
+
+// The call contract of reparam_kl_ffi.h as bindings, for handlers whose
+// context (a thread pool, a stream) is Ctx.
+template <typename Ctx>
+auto forward_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<Ctx>()
+      .template Arg<ffi::AnyBuffer>()  // mean
+      .template Arg<ffi::AnyBuffer>()  // log_var
+      .template Arg<ffi::AnyBuffer>()  // seed
+      .template Ret<ffi::AnyBuffer>()  // z
+      .template Ret<ffi::AnyBuffer>()  // kl
+      .template Ret<ffi::AnyBuffer>();  // log_ratio
+}
+
+template <typename Ctx>
+auto backward_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<Ctx>()
+      .template Arg<ffi::AnyBuffer>()  // mean
+      .template Arg<ffi::AnyBuffer>()  // log_var
+      .template Arg<ffi::AnyBuffer>()  // seed
+      .template Arg<ffi::AnyBuffer>()  // grad_z
+      .template Arg<ffi::AnyBuffer>()  // grad_kl
+      .template Arg<ffi::AnyBuffer>()  // grad_log_ratio
+      .template Attr<bool>(kStopAttr)
+      .template Ret<ffi::AnyBuffer>()  // grad_mean
+      .template Ret<ffi::AnyBuffer>();  // grad_log_var
 }
 
 template <typename T>

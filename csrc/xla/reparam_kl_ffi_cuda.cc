@@ -81,25 +81,8 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlForwardCuda, keras_vae::xla_ffi::forward_cuda,
-    ::xla::ffi::Ffi::Bind()
-        .Ctx<::xla::ffi::PlatformStream<cudaStream_t>>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>());
+    keras_vae::xla_ffi::forward_binding<::xla::ffi::PlatformStream<cudaStream_t>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlBackwardCuda, keras_vae::xla_ffi::backward_cuda,
-    ::xla::ffi::Ffi::Bind()
-        .Ctx<::xla::ffi::PlatformStream<cudaStream_t>>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Attr<bool>(keras_vae::xla_ffi::kStopAttr)
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>());
+    keras_vae::xla_ffi::backward_binding<::xla::ffi::PlatformStream<cudaStream_t>>());

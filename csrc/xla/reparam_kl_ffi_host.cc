@@ -106,25 +106,8 @@ ffi::Error backward_host(ffi::ThreadPool pool, ffi::AnyBuffer mean,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlForwardHost, keras_vae::xla_ffi::forward_host,
-    ::xla::ffi::Ffi::Bind()
-        .Ctx<::xla::ffi::ThreadPool>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>());
+    keras_vae::xla_ffi::forward_binding<::xla::ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlBackwardHost, keras_vae::xla_ffi::backward_host,
-    ::xla::ffi::Ffi::Bind()
-        .Ctx<::xla::ffi::ThreadPool>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Arg<::xla::ffi::AnyBuffer>()
-        .Attr<bool>(keras_vae::xla_ffi::kStopAttr)
-        .Ret<::xla::ffi::AnyBuffer>()
-        .Ret<::xla::ffi::AnyBuffer>());
+    keras_vae::xla_ffi::backward_binding<::xla::ffi::ThreadPool>());
