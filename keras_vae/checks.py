@@ -13,6 +13,8 @@ import numbers
 OBJECTIVES = ("elbo", "iwae")
 GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
 KL_ESTIMATORS = ("analytic", "mc")
+# The op's implementations (`keras_vae.ops.reparameterize_kl`).
+IMPLEMENTATIONS = ("auto", "fused", "reference")
 
 
 def check_count(value, name: str = "num_samples", allow_none: bool = False):
@@ -71,8 +73,6 @@ def check_objective(objective, gradient_estimator, kl, free_bits):
 
 
 def check_implementation(implementation: str) -> str:
-    from keras_vae.ops import IMPLEMENTATIONS
-
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"implementation must be one of {IMPLEMENTATIONS}, got "

@@ -27,6 +27,8 @@ import keras
 from keras import ops
 
 from keras_vae import seeding
+from keras_vae.checks import IMPLEMENTATIONS
+from keras_vae.checks import check_implementation
 from keras_vae.backend._checks import check_num_samples
 
 __all__ = [
@@ -40,7 +42,6 @@ __all__ = [
     "SUPPORTED_BACKENDS",
 ]
 
-IMPLEMENTATIONS = ("auto", "fused", "reference")
 SUPPORTED_BACKENDS = ("tensorflow", "jax", "torch")
 _warned_fallback = set()
 
@@ -119,14 +120,6 @@ def build_info():
     return info
 
 
-def _check_implementation(implementation):
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {IMPLEMENTATIONS}, "
-            f"got {implementation!r}"
-        )
-
-
 def reparameterize_kl(
     mean,
     log_var,
@@ -166,6 +159,7 @@ def reparameterize_kl(
         - `log_ratio`: `[K, ...]`, `log q(z|x) - log p(z)`, summed over D.
     """
     backend = _backend()
+    check_implementation(implementation)
     if seed is not None and not ops.is_tensor(seed):
         # The seed forms of `keras_vae.seeding`: an int s is [s, 0].
         seed = seeding.seed_pair(seed)
@@ -174,7 +168,6 @@ def reparameterize_kl(
             mean, log_var, num_samples, seed, stop_log_ratio_param_grad,
             implementation, name,
         )
-    _check_implementation(implementation)
     num_samples = check_num_samples(num_samples)
     # NumPy arrays (and lists) become the backend's tensors, as in keras.ops.
     mean, log_var = ops.convert_to_tensor(mean), ops.convert_to_tensor(log_var)

@@ -33,10 +33,8 @@ __all__ = [
     "fused_available",
     "fused_xla_available",
     "build_info",
-    "IMPLEMENTATIONS",
 ]
 
-IMPLEMENTATIONS = ("auto", "fused", "reference")
 _FLOAT_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _LIBRARY_STEM = "_reparam_kl_ops"
@@ -247,12 +245,8 @@ def _run_time_checks(mean, log_var, num_samples, seed):
     return checks
 
 
-def _check_args(mean, log_var, num_samples, seed, implementation):
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"implementation must be one of {IMPLEMENTATIONS}, "
-            f"got {implementation!r}"
-        )
+def _check_args(mean, log_var, num_samples, seed):
+    # `implementation` was checked at the edge, in keras_vae.ops.
     if mean.dtype not in _FLOAT_DTYPES:
         raise ValueError(
             "mean must be float16, bfloat16, float32 or float64, got "
@@ -303,7 +297,7 @@ def reparameterize_kl(
             seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
         seed = tf.convert_to_tensor(seed)
         num_samples = _num_samples_tensor(num_samples)
-        _check_args(mean, log_var, num_samples, seed, implementation)
+        _check_args(mean, log_var, num_samples, seed)
 
         use_fused = implementation != "reference"
         if use_fused and in_xla_context():
