@@ -20,6 +20,8 @@ from keras import ops
 
 from keras_vae.checks import check_objective
 
+_LOG_2PI = math.log(2.0 * math.pi)
+
 __all__ = [
     "elbo",
     "elbo_mc",
@@ -27,6 +29,10 @@ __all__ = [
     "iwae_bound",
     "dreg_surrogate",
     "kl_per_dimension",
+    "normal_log_prob",
+    "standard_normal_log_prob",
+    "normal_kl",
+    "log_ratio_to_prior",
     "free_bits_kl",
     "combine_log_mean_exp",
     "batch_mean",
@@ -86,6 +92,50 @@ def kl_per_dimension(mean, log_var):
     The op returns the sum over D; free bits needs the terms.
     """
     return 0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var)
+
+
+def normal_log_prob(z, mean, log_var):
+    """log N(z; mean, diag(exp(log_var))), summed over the last axis."""
+    return -0.5 * ops.sum(
+        _LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var),
+        axis=-1,
+    )
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I), summed over the last axis."""
+    return -0.5 * ops.sum(_LOG_2PI + ops.square(z), axis=-1)
+
+
+def normal_kl(mean, log_var, prior_mean, prior_log_var):
+    """KL(N(mean, exp(log_var)) || N(prior_mean, exp(prior_log_var))),
+    summed over the last axis: the analytic KL against a learned Gaussian
+    prior (the op's `kl` is against N(0, I))."""
+    return 0.5 * ops.sum(
+        prior_log_var
+        - log_var
+        + (ops.exp(log_var) + ops.square(mean - prior_mean))
+        * ops.exp(-prior_log_var)
+        - 1.0,
+        axis=-1,
+    )
+
+
+def log_ratio_to_prior(log_ratio, z, prior_mean, prior_log_var):
+    """The op's `log q(z|.) - log N(z; 0, I)` turned into
+    `log q(z|.) - log p(z)` for a Gaussian prior p with the given parameters
+    (a conditional prior, or p(z_l | z_{l+1}) in a hierarchy).
+
+    Args:
+        log_ratio: `[K, ...]`, from `keras_vae.ops.reparameterize_kl`.
+        z: `[K, ..., D]`, the samples it came with.
+        prior_mean, prior_log_var: `[..., D]` or `[K, ..., D]`.
+    """
+    return (
+        log_ratio
+        + standard_normal_log_prob(z)
+        - normal_log_prob(z, prior_mean, prior_log_var)
+    )
 
 
 def free_bits_kl(kl_per_dim, free_bits):

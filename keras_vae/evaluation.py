@@ -61,8 +61,6 @@ def evaluate_arrays(
     """
     import keras
 
-    from keras_vae import bounds
-
     columns = {"elbo": [], "log_likelihood": [], "kl": []}
     columns.update({f"iwae_{k}": [] for k in iwae_ks})
     means = []
@@ -75,10 +73,7 @@ def evaluate_arrays(
                                    unit_name="example")
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        mean, log_var = model.encode(batch)
-        means.append(np.asarray(mean))
-        columns["kl"].append(
-            np.sum(np.asarray(bounds.kl_per_dimension(mean, log_var)), axis=-1))
+        means.append(np.asarray(model.encode(batch)[0]))
         columns["elbo"].append(
             model.elbo(batch, num_samples=elbo_samples, seed=next_seed()))
         for k in iwae_ks:
@@ -88,6 +83,7 @@ def evaluate_arrays(
         columns["log_likelihood"].append(model.log_likelihood(
             batch, num_samples=ll_samples, batch_size=batch_size,
             seed=next_seed(), verbose=0))
+        columns["kl"].append(model.kl_divergence(batch, seed=next_seed()))
         progress.add(len(batch))
 
     per_example = {

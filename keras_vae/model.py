@@ -831,6 +831,13 @@ class VAE(seeding.SavesSeedState, keras.Model):
         )
         return bounds.iwae_bound(log_px_z, log_ratio)
 
+    def kl_divergence(self, x, seed: seeding.SeedLike = None):
+        """KL(q(z|x) || p(z)) of each example, `[B]`: the analytic KL to
+        N(0, I) here (`seed` is unused); models whose KL has no closed form
+        estimate it from samples."""
+        mean, log_var = self.encode(x)
+        return ops.sum(bounds.kl_per_dimension(mean, log_var), axis=-1)
+
     @_tf_function
     def _chunk_logsumexp(self, x, num_samples, seed):
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
