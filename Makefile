@@ -39,19 +39,23 @@ demo: build
 		--lr-schedule cosine --verbose 2 --output $(DEMO_DIR)
 	$(PY) -m keras_vae evaluate $(DEMO_DIR)
 
-# RESULTS.md: VAE k=1, VAE k=50 and IWAE k=50 on Fashion-MNIST (dynamic
-# binarization, the mlp preset), the same number of epochs each, evaluated
+# RESULTS.md: Burda et al.'s comparison on Fashion-MNIST (dynamic
+# binarization): the one-stochastic-layer `mlp` preset as VAE k=1, VAE k=50,
+# IWAE k=50 and IWAE k=50 with DReG, and the two-stochastic-layer `mlp2`
+# preset as VAE k=1 and IWAE k=50; the same number of epochs each, evaluated
 # with 5000 importance samples. Needs the IDX files, e.g. from Debian's
-# dataset-fashion-mnist package.
+# dataset-fashion-mnist package. A run is name:preset:objective:k:estimator.
 RESULTS_DIR := runs/results
 RESULTS_EPOCHS := 10
-RESULTS_RUNS := vae-k1:elbo:1 vae-k50:elbo:50 iwae-k50:iwae:50
+RESULTS_RUNS := vae-k1:mlp:elbo:1:standard vae-k50:mlp:elbo:50:standard \
+	iwae-k50:mlp:iwae:50:standard iwae-k50-dreg:mlp:iwae:50:dreg \
+	vae2-k1:mlp2:elbo:1:standard iwae2-k50:mlp2:iwae:50:standard
 results: build
 	set -e; for run in $(RESULTS_RUNS); do \
-		name=$${run%%:*}; rest=$${run#*:}; objective=$${rest%%:*}; k=$${rest#*:}; \
-		$(PY) -m keras_vae train --dataset fashion_mnist --preset mlp \
-			--objective $$objective -k $$k --epochs $(RESULTS_EPOCHS) \
-			--batch-size 100 --seed 0 --verbose 2 \
+		set -- $$(echo $$run | tr : ' '); name=$$1; \
+		$(PY) -m keras_vae train --dataset fashion_mnist --preset $$2 \
+			--objective $$3 -k $$4 --gradient-estimator $$5 \
+			--epochs $(RESULTS_EPOCHS) --batch-size 100 --seed 0 --verbose 2 \
 			--output $(RESULTS_DIR)/$$name; \
 		$(PY) -m keras_vae evaluate $(RESULTS_DIR)/$$name \
 			--ll-samples 5000 --verbose 0 \
