@@ -145,9 +145,12 @@ def build_parser():
     latent_defaults = ", ".join(
         f"{v} for {k}" for k, v in DEFAULT_LATENT_DIMS.items())
     model.add_argument("--preset", choices=PRESETS, default="mlp",
-                       help="architecture")
+                       help="architecture: 'mlp', Burda et al.'s one "
+                       "stochastic layer; 'mlp2', their two; 'conv'")
     model.add_argument("--latent-dim", type=positive_int,
-                       help=f"latent dimension (default: {latent_defaults})")
+                       help="latent dimension, the top layer's for mlp2, "
+                       f"whose first has twice as many (default: "
+                       f"{latent_defaults})")
     model.add_argument("--objective", choices=OBJECTIVES,
                        default="elbo", help="training bound")
     model.add_argument("-k", "--num-samples", type=positive_int, default=1,
@@ -368,33 +371,20 @@ def train(args):
     import keras
     import numpy as np
 
-    from keras_vae import VAE, callbacks, plotting, presets
+    from keras_vae import callbacks, plotting
 
     os.makedirs(args.output, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     data_config = _data_config(args)
     data = _load_data(data_config, args.batch_size, args.seed, args.download,
                       limit=args.limit)
-    encoder, decoder = presets.build(
-        args.preset, data.image_shape, args.latent_dim,
-        train_mean=data.train_mean,
-    )
     steps_per_epoch = int(data.train.cardinality())
     beta = args.beta
     if args.warmup_epochs:
         # The KL weight rises linearly from 0 to --beta over the warm-up.
         beta = keras.optimizers.schedules.PolynomialDecay(
             0.0, args.warmup_epochs * steps_per_epoch, end_learning_rate=beta)
-    model = VAE(
-        encoder,
-        decoder,
-        likelihood="bernoulli",
-        num_samples=args.num_samples,
-        objective=args.objective,
-        gradient_estimator=args.gradient_estimator,
-        beta=beta,
-        free_bits=args.free_bits,
-    )
+    model = _build_model(args, data, beta)
     model.compile(optimizer=keras.optimizers.Adam(
         _learning_rate(args, steps_per_epoch)))
     fit_callbacks = [
@@ -422,7 +412,7 @@ def train(args):
     final = {name: float(values[-1])
              for name, values in history.history.items()}
     config = {k: v for k, v in vars(args).items() if k != "command"}
-    config.update(data_config, latent_dim=int(encoder.outputs[0].shape[-1]))
+    config.update(data_config, latent_dim=int(model.latent_dim))
     _write_json(os.path.join(args.output, METRICS_FILE),
                 {"config": config, "final_epoch": final})
 
@@ -448,6 +438,32 @@ def train(args):
         )
     print(f"wrote {args.output}")
     return 0
+
+
+def _build_model(args, data, beta):
+    """The model of `args.preset`, a `HierarchicalVAE` for the presets with
+    several stochastic layers."""
+    from keras_vae import VAE, presets
+
+    options = dict(
+        likelihood="bernoulli",
+        num_samples=args.num_samples,
+        objective=args.objective,
+        gradient_estimator=args.gradient_estimator,
+        beta=beta,
+        free_bits=args.free_bits,
+    )
+    if args.preset in presets.HIERARCHICAL_PRESETS:
+        from keras_vae import HierarchicalVAE
+
+        encoders, decoder, priors = presets.build_hierarchical(
+            data.image_shape, args.latent_dim, train_mean=data.train_mean)
+        return HierarchicalVAE(encoders, decoder, priors, **options)
+    encoder, decoder = presets.build(
+        args.preset, data.image_shape, args.latent_dim,
+        train_mean=data.train_mean,
+    )
+    return VAE(encoder, decoder, **options)
 
 
 def _learning_rate(args, steps_per_epoch):

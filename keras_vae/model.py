@@ -194,18 +194,21 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
-        # Build now when the encoder's input shape is known, so that the
-        # state (a learned likelihood scale) exists before weights load and
-        # the model can be saved or exported before it has seen data.
+        self._build_from_encoder()
+        self._check_decoder_activation()
+
+    # Structure.
+
+    def _build_from_encoder(self):
+        """Builds now when the encoder's input shape is known, so that the
+        state (a learned likelihood scale) exists before weights load and
+        the model can be saved or exported before it has seen data."""
         try:
-            input_shape = encoder.input_shape
+            input_shape = self.encoder.input_shape
         except (AttributeError, ValueError):
             input_shape = None
         if input_shape is not None:
             self.build(input_shape)
-        self._check_decoder_activation()
-
-    # Structure.
 
     def _check_decoder_activation(self):
         """A decoder ending in a sigmoid outputs probabilities, which a
@@ -341,12 +344,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
 
     def decode(self, z):
         """The likelihood's parameters for z `[..., D]`: `[..., *event]`."""
-        z = ops.convert_to_tensor(z)
-        if len(z.shape) <= 2:
-            return self.decoder(z)
-        # The decoder sees one batch axis: fold the sample axes into it.
-        flat = self.decoder(ops.reshape(z, (-1, ops.shape(z)[-1])))
-        return ops.reshape(flat, (*ops.shape(z)[:-1], *ops.shape(flat)[1:]))
+        return call_on_samples(self.decoder, z)
 
     def call(self, x, training=None):
         mean, _ = self.encode(x)
@@ -434,13 +432,22 @@ class VAE(seeding.SavesSeedState, keras.Model):
             return loss
         return optimizer.scale_loss(loss)
 
+    @property
+    def inference_networks(self) -> list:
+        """The networks of q(z|x), which DReG trains on its encoder loss."""
+        return [self.encoder]
+
     def _encoder_mask(self):
         """Per trainable variable, whether the encoder loss trains it: with
         DReG the encoder's variables, otherwise none."""
         variables = self.trainable_variables
         if self.gradient_estimator != "dreg":
             return [False] * len(variables)
-        encoder_ids = {id(v) for v in self.encoder.trainable_variables}
+        encoder_ids = {
+            id(v)
+            for network in self.inference_networks
+            for v in network.trainable_variables
+        }
         return [id(v) in encoder_ids for v in variables]
 
     def compute_gradients(self, x, sample_weight=None, seed=None):
@@ -998,6 +1005,20 @@ class VAE(seeding.SavesSeedState, keras.Model):
                 config["beta"]
             )
         return cls(**config)
+
+
+def call_on_samples(network, z):
+    """`network(z)` for z `[..., D]` with any number of leading sample and
+    batch axes: they are folded into the one batch axis networks take, and
+    unfolded in each output."""
+    z = ops.convert_to_tensor(z)
+    if len(z.shape) <= 2:
+        return network(z)
+    lead = ops.shape(z)[:-1]
+    outputs = network(ops.reshape(z, (-1, ops.shape(z)[-1])))
+    return keras.tree.map_structure(
+        lambda t: ops.reshape(t, (*lead, *ops.shape(t)[1:])), outputs
+    )
 
 
 def _is_tf_dataset(x):

@@ -10,8 +10,10 @@ over the pixels, shaped like the images.
 
 import numpy as np
 
-PRESETS = ("mlp", "conv")
-DEFAULT_LATENT_DIMS = {"mlp": 50, "conv": 16}
+PRESETS = ("mlp", "conv", "mlp2")
+# Presets of `keras_vae.HierarchicalVAE`, built by `build_hierarchical`.
+HIERARCHICAL_PRESETS = ("mlp2",)
+DEFAULT_LATENT_DIMS = {"mlp": 50, "conv": 16, "mlp2": 50}
 # Bounds on the training mean before taking its logit, so that pixels that
 # are always 0 (or 1) in the training set get a large but finite bias.
 _MEAN_CLIP = 1e-3
@@ -38,31 +40,87 @@ def build(preset, image_shape, latent_dim=None, train_mean=None):
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     image_shape = tuple(int(d) for d in image_shape)
+    if preset in HIERARCHICAL_PRESETS:
+        raise ValueError(
+            f"preset {preset!r} has several stochastic layers: build it "
+            "with build_hierarchical"
+        )
     if latent_dim is None:
         latent_dim = DEFAULT_LATENT_DIMS[preset]
-    if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
-        raise ValueError(
-            f"latent_dim must be a positive integer, got {latent_dim!r}"
-        )
-    latent_dim = int(latent_dim)
+    latent_dim = _check_latent_dim(latent_dim)
     if preset == "mlp":
         encoder, decoder = _mlp(image_shape, latent_dim)
     else:
         encoder, decoder = _conv(image_shape, latent_dim)
-    if train_mean is not None:
-        train_mean = np.asarray(train_mean, dtype=np.float64)
-        if train_mean.shape != image_shape:
-            raise ValueError(
-                f"train_mean has shape {train_mean.shape}, expected the "
-                f"image shape {image_shape}"
-            )
-        bias = decoder.get_layer("logits").bias
-        if bias.shape[0] != train_mean.size:
-            # A convolutional output has one bias per channel.
-            train_mean = train_mean.reshape(-1, bias.shape[0]).mean(axis=0)
-        mean = np.clip(train_mean.reshape(-1), _MEAN_CLIP, 1 - _MEAN_CLIP)
-        bias.assign((np.log(mean) - np.log1p(-mean)).astype(bias.dtype))
+    _start_at_train_mean(decoder, train_mean, image_shape)
     return encoder, decoder
+
+
+def build_hierarchical(image_shape, latent_dim=None, train_mean=None):
+    """Builds `(encoders, decoder, priors)` of the `mlp2` preset, for
+    `keras_vae.HierarchicalVAE`.
+
+    Burda et al.'s (2015) model with two stochastic layers:
+    x -> 200-200 -> z_1 (100) -> 100-100 -> z_2 (50) for q, and
+    z_2 -> 100-100 -> z_1 -> 200-200 -> x for p, with a learned Gaussian
+    p(z_1|z_2); tanh hidden layers.
+
+    Args:
+        image_shape: shape of one image, e.g. `(28, 28, 1)`.
+        latent_dim: the top layer's dimension D_2 (default 50); the first
+            layer has 2 * D_2.
+        train_mean: as for `build`.
+    """
+    image_shape = tuple(int(d) for d in image_shape)
+    top = _check_latent_dim(
+        DEFAULT_LATENT_DIMS["mlp2"] if latent_dim is None else latent_dim
+    )
+    first = 2 * top
+    x_to_z1, z1_to_x = _mlp(image_shape, first)
+    z1_to_z2 = _gaussian_mlp((first,), top, (100, 100), "encoder_2", "z_1")
+    z2_to_z1 = _gaussian_mlp((top,), first, (100, 100), "prior_1", "z_2")
+    _start_at_train_mean(z1_to_x, train_mean, image_shape)
+    return [x_to_z1, z1_to_z2], z1_to_x, [z2_to_z1]
+
+
+def _check_latent_dim(latent_dim):
+    if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
+        raise ValueError(
+            f"latent_dim must be a positive integer, got {latent_dim!r}"
+        )
+    return int(latent_dim)
+
+
+def _start_at_train_mean(decoder, train_mean, image_shape):
+    """Sets the decoder's output bias to the logit of the training mean."""
+    if train_mean is None:
+        return
+    train_mean = np.asarray(train_mean, dtype=np.float64)
+    if train_mean.shape != image_shape:
+        raise ValueError(
+            f"train_mean has shape {train_mean.shape}, expected the "
+            f"image shape {image_shape}"
+        )
+    bias = decoder.get_layer("logits").bias
+    if bias.shape[0] != train_mean.size:
+        # A convolutional output has one bias per channel.
+        train_mean = train_mean.reshape(-1, bias.shape[0]).mean(axis=0)
+    mean = np.clip(train_mean.reshape(-1), _MEAN_CLIP, 1 - _MEAN_CLIP)
+    bias.assign((np.log(mean) - np.log1p(-mean)).astype(bias.dtype))
+
+
+def _gaussian_mlp(input_shape, latent_dim, hidden, name, input_name):
+    """A tanh MLP from `input_shape` to a Gaussian's `(mean, log_var)`."""
+    import keras
+
+    from keras_vae.layers import GaussianEncoderHead
+
+    inputs = keras.Input(input_shape, name=input_name)
+    h = inputs
+    for i, units in enumerate(hidden):
+        h = keras.layers.Dense(units, activation="tanh", name=f"hidden_{i}")(h)
+    mean, log_var = GaussianEncoderHead(latent_dim, name="gaussian")(h)
+    return keras.Model(inputs, [mean, log_var], name=name)
 
 
 def _mlp(image_shape, latent_dim, hidden=(200, 200)):

@@ -122,6 +122,36 @@ def next_seed(generator: keras.random.SeedGenerator):
     return seed
 
 
+# Added to a seed's first entry, times the layer's index, for the noise of
+# the stochastic layers above the first (an odd constant far from the small
+# seeds people choose, so layers' streams do not meet other steps').
+_LAYER_SEED_STRIDE = 0x2545F491
+
+
+def layer_seed(seed, layer: int):
+    """The seed of stochastic layer `layer` (0, 1, ...) of a step whose seed
+    is `seed`: `seed` itself for layer 0, so a model with one layer draws as
+    `VAE` does; the first entry offset by `layer * 0x2545F491` (mod 2**32)
+    above it.
+
+    Args:
+        seed: a seed form of `seed_pair`, or a `[2]` tensor (a step's seed).
+        layer: the layer's index, >= 0.
+    """
+    if layer == 0:
+        return seed
+    offset = (layer * _LAYER_SEED_STRIDE) % 2**32
+    if keras.ops.is_tensor(seed) or hasattr(seed, "dtype"):
+        seed = keras.ops.convert_to_tensor(seed)
+        if keras.backend.standardize_dtype(seed.dtype) == "int32":
+            offset = (offset + 2**31) % 2**32 - 2**31  # as int32 wraps
+        return seed + keras.ops.convert_to_tensor(
+            np.array([offset, 0]), dtype=seed.dtype
+        )
+    s0, s1 = seed_pair(seed)
+    return ((s0 + offset) % 2**31, s1)
+
+
 class SavesSeedState:
     """Mixin: saves `self.seed_generator`'s state with the layer's variables.
 
