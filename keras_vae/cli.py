@@ -563,8 +563,9 @@ def evaluate(args):
                for name in ("elbo", "log_likelihood", "kl")]
     summary += [f"iwae k={k}: {v['mean']:.3f} ± {v['stderr']:.3f}"
                 for k, v in results["iwae"].items()]
-    summary.append(f"active units: {results['active_units']} of "
-                   f"{results['latent_dim']}")
+    summary.append("active units: " + ", ".join(
+        f"{layer['active_units']} of {layer['latent_dim']}"
+        for layer in results["layers"]))
     print("\n".join(summary))
     if args.output:
         _write_json(args.output, results)

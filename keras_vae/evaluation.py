@@ -55,7 +55,10 @@ def evaluate_arrays(
     IWAE bounds at each K, the log-likelihood estimate (the IWAE bound at
     `ll_samples`, Burda et al. 2015) and the KL, and the number of active
     units: latent dimensions whose posterior mean varies over `x` with
-    variance above `ACTIVE_UNIT_THRESHOLD` (Burda et al. 2015, section 5.2). `"per_example"`
+    variance above `ACTIVE_UNIT_THRESHOLD` (Burda et al. 2015, section 5.2),
+    of the first stochastic layer and, under `"layers"`, of each (the
+    means of a layer above the first taken at the mean of the one below,
+    `posterior_means`). `"per_example"`
     holds each example's values, as NumPy arrays. `seed` makes the Monte
     Carlo estimates reproducible.
     """
@@ -73,7 +76,7 @@ def evaluate_arrays(
                                    unit_name="example")
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        means.append(np.asarray(model.encode(batch)[0]))
+        means.append([np.asarray(m) for m in model.posterior_means(batch)])
         columns["elbo"].append(
             model.elbo(batch, num_samples=elbo_samples, seed=next_seed()))
         for k in iwae_ks:
@@ -95,7 +98,15 @@ def evaluate_arrays(
     def summary(name):
         return mean_stderr(per_example[name])
 
-    posterior_mean_variance = np.concatenate(means).var(axis=0)
+    variances = [np.concatenate(layer).var(axis=0) for layer in zip(*means)]
+    layers = [
+        {
+            "active_units": int(np.sum(v > ACTIVE_UNIT_THRESHOLD)),
+            "latent_dim": int(len(v)),
+            "posterior_mean_variance": v.tolist(),
+        }
+        for v in variances
+    ]
     return {
         "per_example": per_example,
         "num_examples": int(len(x)),
@@ -104,9 +115,8 @@ def evaluate_arrays(
         "log_likelihood": {**summary("log_likelihood"),
                            "num_samples": ll_samples},
         "kl": summary("kl"),
-        "active_units": int(
-            np.sum(posterior_mean_variance > ACTIVE_UNIT_THRESHOLD)
-        ),
-        "latent_dim": int(len(posterior_mean_variance)),
-        "posterior_mean_variance": posterior_mean_variance.tolist(),
+        # The first stochastic layer's; "layers" has every layer's, first
+        # to top (one for a one-layer VAE).
+        **layers[0],
+        "layers": layers,
     }

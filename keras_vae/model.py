@@ -838,6 +838,11 @@ class VAE(seeding.SavesSeedState, keras.Model):
         )
         return bounds.iwae_bound(log_px_z, log_ratio)
 
+    def posterior_means(self, x) -> list:
+        """The posterior mean of each stochastic layer: `[mean]`, `[B, D]`,
+        for this one-layer model."""
+        return [self.encode(x)[0]]
+
     def kl_divergence(self, x, seed: seeding.SeedLike = None):
         """KL(q(z|x) || p(z)) of each example, `[B]`: the analytic KL to
         N(0, I) here (`seed` is unused); models whose KL has no closed form

@@ -144,6 +144,9 @@ def test_cli_trains_and_evaluates_the_two_layer_preset(tmp_path, capsys):
                  "--limit", "40", "--verbose", "0"]) == 0
     evaluation = json.loads((run / "metrics.json").read_text())["evaluation"]
     assert evaluation["latent_dim"] == 8
+    assert [layer["latent_dim"] for layer in evaluation["layers"]] == [8, 4]
+    assert all(0 <= layer["active_units"] <= layer["latent_dim"]
+               for layer in evaluation["layers"])
     ll = evaluation["log_likelihood"]["mean"]
     assert evaluation["iwae"]["1"]["mean"] <= ll + 0.5
     assert evaluation["kl"]["mean"] > 0
