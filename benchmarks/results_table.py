@@ -20,7 +20,34 @@ import numpy as np
 from keras_vae.evaluation import format_mean_stderr as _mean_se
 from keras_vae.evaluation import paired_difference
 
-RUNS = (("VAE k=1", "vae-k1"), ("VAE k=50", "vae-k50"), ("IWAE k=50", "iwae-k50"))
+# (label, run directory), as `make results` names them.
+RUNS = (
+    ("VAE k=1", "vae-k1"),
+    ("VAE k=50", "vae-k50"),
+    ("IWAE k=50", "iwae-k50"),
+    ("IWAE k=50, DReG", "iwae-k50-dreg"),
+    ("2-layer VAE k=1", "vae2-k1"),
+    ("2-layer IWAE k=50", "iwae2-k50"),
+)
+# (a, b): the paired difference a − b of log p(x), by label. The paper's
+# orderings: each should be positive (DReG's at least not negative).
+COMPARISONS = (
+    ("IWAE k=50", "VAE k=50"),
+    ("VAE k=50", "VAE k=1"),
+    ("IWAE k=50", "VAE k=1"),
+    ("IWAE k=50, DReG", "IWAE k=50"),
+    ("2-layer IWAE k=50", "IWAE k=50"),
+    ("2-layer IWAE k=50", "2-layer VAE k=1"),
+    ("2-layer VAE k=1", "VAE k=1"),
+)
+
+
+def _active_units(evaluation):
+    """"a of D" per stochastic layer, first to top."""
+    layers = evaluation.get("layers", [evaluation])
+    return " + ".join(
+        f"{layer['active_units']} of {layer['latent_dim']}" for layer in layers
+    )
 
 
 def main(argv=None):
@@ -28,7 +55,11 @@ def main(argv=None):
     root = argv[0] if argv else os.path.join("runs", "results")
     per_example, rows = {}, []
     for label, name in RUNS:
-        with open(os.path.join(root, name, "metrics.json")) as f:
+        path = os.path.join(root, name, "metrics.json")
+        if not os.path.isfile(path):
+            raise SystemExit(f"results_table: {path} is missing; run "
+                             "`make results`")
+        with open(path) as f:
             evaluation = json.load(f)["evaluation"]
         each = np.load(os.path.join(root, name, "per_example.npz"))
         per_example[label] = each
@@ -36,8 +67,7 @@ def main(argv=None):
         rows.append(
             f"| {label} | {_mean_se(evaluation['log_likelihood'])} | "
             f"{' | '.join(iwae)} | {_mean_se(evaluation['elbo'])} | "
-            f"{_mean_se(evaluation['kl'])} | {evaluation['active_units']} of "
-            f"{evaluation['latent_dim']} |"
+            f"{_mean_se(evaluation['kl'])} | {_active_units(evaluation)} |"
         )
     n = len(per_example[RUNS[0][0]]["log_likelihood"])
     print(f"Test set: {n} images; mean ± standard error over images, nats.\n")
@@ -48,11 +78,10 @@ def main(argv=None):
     print("\nPaired differences of log p(x) on the same test images:\n")
     print("| comparison | difference (nats) |")
     print("|---|---|")
-    labels = [label for label, _ in RUNS]
-    for a, b in ((2, 1), (1, 0), (2, 0)):
-        diff = paired_difference(per_example[labels[a]]["log_likelihood"],
-                                 per_example[labels[b]]["log_likelihood"])
-        print(f"| {labels[a]} − {labels[b]} | {_mean_se(diff)} |")
+    for a, b in COMPARISONS:
+        diff = paired_difference(per_example[a]["log_likelihood"],
+                                 per_example[b]["log_likelihood"])
+        print(f"| {a} − {b} | {_mean_se(diff)} |")
     return 0
 
 

@@ -33,11 +33,28 @@ def test_results_table_prints_the_evaluations_own_summaries(tmp_path, capsys):
         # Summaries that the arrays would not give: the table must print
         # these, not re-derive them.
         fake = {"mean": 100.0 + i, "stderr": 0.25}
-        (run / "metrics.json").write_text(json.dumps({"evaluation": {
+        content = {
             "log_likelihood": fake, "elbo": fake, "kl": fake,
             "iwae": {k: fake for k in ("1", "5", "50")},
-            "active_units": 3, "latent_dim": 5}}))
+            "active_units": 3, "latent_dim": 5}
+        if name.startswith(("vae2", "iwae2")):
+            content["layers"] = [{"active_units": 3, "latent_dim": 5},
+                                 {"active_units": 1, "latent_dim": 2}]
+        (run / "metrics.json").write_text(json.dumps({"evaluation": content}))
     assert results_table.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| VAE k=1 | 100.00 ± 0.25 |" in out
     assert "| IWAE k=50 | 102.00 ± 0.25 |" in out
+    assert "| 3 of 5 |" in out and "| 3 of 5 + 1 of 2 |" in out
+    # The paired differences are computed from the per-example arrays.
+    two_layer = np.load(tmp_path / "iwae2-k50" / "per_example.npz")
+    one_layer = np.load(tmp_path / "iwae-k50" / "per_example.npz")
+    diff = evaluation.paired_difference(two_layer["log_likelihood"],
+                                        one_layer["log_likelihood"])
+    assert (f"| 2-layer IWAE k=50 − IWAE k=50 | "
+            f"{evaluation.format_mean_stderr(diff)} |") in out
+
+
+def test_results_table_names_a_missing_run(tmp_path):
+    with pytest.raises(SystemExit, match="vae-k1"):
+        results_table.main([str(tmp_path)])
