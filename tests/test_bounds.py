@@ -89,3 +89,41 @@ def test_free_bits_floors_each_dimension_of_the_batch_mean_kl():
         tape.gradient(value, kl), [[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]]
     )
     np.testing.assert_allclose(bounds.free_bits_kl(kl, 0.0), 3.25, rtol=1e-6)
+
+
+def _diagonal_normal(mean, log_var):
+    return tfp.distributions.Independent(
+        tfp.distributions.Normal(mean, np.exp(0.5 * log_var)), 1)
+
+
+def test_normal_log_probs_and_kl_match_tfp():
+    z, mean, log_var, prior_mean, prior_log_var = RNG.normal(size=(5, 4, 3))
+    q = _diagonal_normal(mean, log_var)
+    p = _diagonal_normal(prior_mean, prior_log_var)
+    np.testing.assert_allclose(
+        bounds.normal_log_prob(z, mean, log_var), q.log_prob(z), rtol=1e-12)
+    np.testing.assert_allclose(
+        bounds.standard_normal_log_prob(z),
+        _diagonal_normal(0 * z, 0 * z).log_prob(z), rtol=1e-12)
+    np.testing.assert_allclose(
+        bounds.normal_kl(mean, log_var, prior_mean, prior_log_var),
+        tfp.distributions.kl_divergence(q, p), rtol=1e-10)
+
+
+def test_log_ratio_to_prior_turns_the_ops_ratio_into_one_against_p():
+    """From the op's log q(z) - log N(z; 0, I), for samples broadcast
+    against the prior's parameters."""
+    import keras_vae
+
+    mean, log_var = RNG.normal(size=(2, 4, 3)).astype("float32")
+    prior_mean, prior_log_var = RNG.normal(size=(2, 6, 4, 3))
+    z, _, log_ratio = keras_vae.ops.reparameterize_kl(
+        mean, log_var, num_samples=6, seed=[1, 2])
+    z = np.asarray(z, np.float64)
+    q = _diagonal_normal(mean.astype(np.float64), log_var.astype(np.float64))
+    expected = q.log_prob(z) - (
+        _diagonal_normal(prior_mean, prior_log_var).log_prob(z))
+    np.testing.assert_allclose(
+        bounds.log_ratio_to_prior(np.asarray(log_ratio, np.float64), z,
+                                  prior_mean, prior_log_var),
+        expected, rtol=2e-5, atol=2e-5)
