@@ -100,6 +100,14 @@ def test_training_steps_equal_tensorflows(results, backend, config):
     assert_same(results, f"{config}/trained/", backend)
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_two_layer_model_agrees_with_tensorflows(results, backend):
+    """Its bound, DReG gradients, ancestral samples and training steps: the
+    upper layer's seed, offset from the step's, is the same in each
+    backend's seed dtype."""
+    assert_same(results, "hierarchical/", backend)
+
+
 @pytest.mark.parametrize(
     "saved, loaded",
     [("tensorflow", "jax"), ("jax", "torch"), ("torch", "tf-loads")],

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 import keras_vae
+from helpers import linear_gaussian
 from helpers import tiny_vae
 
 # objective, gradient estimator, KL estimator.
@@ -54,6 +55,29 @@ def numpy(t):
     return keras.ops.convert_to_numpy(t)
 
 
+def hierarchical(results):
+    """A two-layer model's bound, DReG gradients, ancestral samples and two
+    training steps (whose seeds are the generator's, of this backend's
+    dtype, offset per layer)."""
+    rng = np.random.default_rng(5)
+    p = linear_gaussian.generative(rng, 3)
+    q = linear_gaussian.perturbed(linear_gaussian.exact_posterior(p), rng)
+    x = linear_gaussian.data(p, rng, 32)
+    model = linear_gaussian.model(p, q, objective="iwae", num_samples=3,
+                                  gradient_estimator="dreg", seed=2)
+    gradients, _, losses, report = model.compute_gradients(x, seed=SEED)
+    for key, value in {**losses, **report}.items():
+        results[f"hierarchical/terms/{key}"] = numpy(value)
+    for i, g in enumerate(gradients):
+        results[f"hierarchical/gradient/{i:02d}"] = numpy(g)
+    results["hierarchical/sample"] = numpy(model.sample(4, seed=6))
+    model.compile(keras.optimizers.SGD(0.05))
+    history = model.fit(x, batch_size=16, shuffle=False, verbose=0)
+    results["hierarchical/fit_loss"] = np.asarray(history.history["loss"])
+    for i, v in enumerate(model.trainable_variables):
+        results[f"hierarchical/trained/{i:02d}"] = numpy(v)
+
+
 def main(out, load=None):
     results = {}
     rng = np.random.default_rng(1)
@@ -92,6 +116,7 @@ def main(out, load=None):
         for key, v in zip(variable_keys(model, variables), variables):
             results[f"{name}/trained/{key}"] = numpy(v)
 
+    hierarchical(results)
     model.save(out.removesuffix(".npz") + ".keras")
     results["saved/sample"] = numpy(model.sample(4))
     results["saved/reconstruct"] = numpy(model.reconstruct(x[:2], 2, seed=5))
