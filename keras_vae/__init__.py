@@ -4,9 +4,9 @@ The package imports lazily: `import keras_vae` alone imports no framework, so
 that the command line answers `--help` at once. Each submodule is imported on
 first use (`keras_vae.layers`, `keras_vae.datasets`, ...). The serializable
 classes that `keras.models.load_model` looks up by name (the layers, the
-likelihoods, `VAE`) are registered when `keras_vae` is imported after Keras
-(`import keras` first, as usual), on first use of `keras_vae.VAE`, or by
-`keras_vae.load_model`.
+likelihoods, `VAE`, `ConditionalVAE`) are registered when `keras_vae` is
+imported after Keras (`import keras` first, as usual), on first use of
+`keras_vae.VAE`, or by `keras_vae.load_model`.
 """
 
 import importlib
@@ -43,9 +43,10 @@ _SUBMODULES = (
 )
 _ATTRIBUTES = {
     "VAE": "keras_vae.model",
+    "ConditionalVAE": "keras_vae.conditional_vae",
     "load_model": "keras_vae.saving",
 }
-__all__ = ["VAE", "load_model", *_SUBMODULES]
+__all__ = ["VAE", "ConditionalVAE", "load_model", *_SUBMODULES]
 _registered = False
 
 
@@ -61,7 +62,7 @@ def _register():
             f"keras_vae needs Keras 3, found keras {keras.__version__}"
         )
     _registered = True
-    for module in ("layers", "likelihoods", "model"):
+    for module in ("layers", "likelihoods", "model", "conditional_vae"):
         importlib.import_module(f"keras_vae.{module}")
 
 
