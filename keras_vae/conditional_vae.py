@@ -100,9 +100,9 @@ class ConditionalVAE(VAE):
                 "free_bits floors the KL to N(0, I); it does not go with a "
                 "learned prior"
             )
-        # Set before VAE builds the model, which locks its sublayers.
-        self.prior = prior
         super().__init__(encoder, decoder, likelihood, **kwargs)
+        self.prior = prior
+        super()._build_from_networks()
         shape = self._condition_shape
         if (
             self.num_classes is not None
@@ -128,6 +128,11 @@ class ConditionalVAE(VAE):
         unknown."""
         inputs = getattr(self.encoder, "inputs", None)
         return None if inputs is None else tuple(inputs[1].shape[1:])
+
+    def _build_from_networks(self):
+        # VAE's constructor calls this before the prior is set; this
+        # constructor builds once it is (building locks the sublayers).
+        pass
 
     def build(self, input_shape):
         # Functional networks arrive built; the likelihood's state (a

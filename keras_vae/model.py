@@ -194,18 +194,23 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
-        # Build now when the encoder's input shape is known, so that the
-        # state (a learned likelihood scale) exists before weights load and
-        # the model can be saved or exported before it has seen data.
+        self._build_from_networks()
+        self._check_decoder_activation()
+
+    # Structure.
+
+    def _build_from_networks(self):
+        """Builds now when the encoder's input shape is known, so that the
+        state (a learned likelihood scale) exists before weights load and
+        the model can be saved or exported before it has seen data.
+        Building locks the sublayers: a subclass with more networks builds
+        once it has set them."""
         try:
-            input_shape = encoder.input_shape
+            input_shape = self.encoder.input_shape
         except (AttributeError, ValueError):
             input_shape = None
         if input_shape is not None:
             self.build(input_shape)
-        self._check_decoder_activation()
-
-    # Structure.
 
     def _check_decoder_activation(self):
         """A decoder ending in a sigmoid outputs probabilities, which a
