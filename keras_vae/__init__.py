@@ -4,8 +4,8 @@ The package imports lazily: `import keras_vae` alone imports no framework, so
 that the command line answers `--help` at once. Each submodule is imported on
 first use (`keras_vae.layers`, `keras_vae.datasets`, ...). The serializable
 classes that `keras.models.load_model` looks up by name (the layers, the
-likelihoods, the models) are registered when `keras_vae` is imported after Keras
-(`import keras` first, as usual), on first use of `keras_vae.VAE`, or by
+likelihoods, the models) are registered when `keras_vae` is imported after
+Keras (`import keras` first, as usual), on first use of a model class, or by
 `keras_vae.load_model`.
 """
 
@@ -44,9 +44,12 @@ _SUBMODULES = (
 _ATTRIBUTES = {
     "VAE": "keras_vae.model",
     "HierarchicalVAE": "keras_vae.hierarchical_vae",
+    "ConditionalVAE": "keras_vae.conditional_vae",
     "load_model": "keras_vae.saving",
 }
-__all__ = ["VAE", "HierarchicalVAE", "load_model", *_SUBMODULES]
+__all__ = [
+    "VAE", "HierarchicalVAE", "ConditionalVAE", "load_model", *_SUBMODULES
+]
 _registered = False
 
 
@@ -62,7 +65,9 @@ def _register():
             f"keras_vae needs Keras 3, found keras {keras.__version__}"
         )
     _registered = True
-    for module in ("layers", "likelihoods", "model", "hierarchical_vae"):
+    for module in (
+        "layers", "likelihoods", "model", "hierarchical_vae", "conditional_vae"
+    ):
         importlib.import_module(f"keras_vae.{module}")
 
 

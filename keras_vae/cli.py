@@ -167,6 +167,10 @@ def build_parser():
                        "over this many epochs (0: no warm-up)")
     model.add_argument("--free-bits", type=non_negative_float, default=0.0,
                        help="free bits (nats) per latent dimension")
+    model.add_argument("--conditional", action="store_true",
+                       help="train a class-conditional VAE: the encoder and "
+                       "decoder see each image's label, and samples.png "
+                       "shows one row per class")
     fit = train.add_argument_group("optimization")
     fit.add_argument("--epochs", type=positive_int, default=10,
                      help="passes over the training set")
@@ -238,10 +242,12 @@ def build_parser():
 
     sample = add_command(
         "sample", help="images from a saved model",
-        description="Decodes draws from the prior into a titled PNG grid.")
+        description="Decodes draws from the prior into a titled PNG grid; "
+        "for a conditional model, one row per class.")
     sample.add_argument("model", help="a run directory or a .keras file")
     sample.add_argument("-n", "--num", type=positive_int, default=64,
-                        help="number of images")
+                        help="number of images (conditional models: split "
+                        "evenly over the classes, at least one each)")
     sample.add_argument("--seed", type=int,
                         help="seed of the draws (default: a fresh one, "
                         "printed and shown in the title)")
@@ -324,6 +330,8 @@ def _check_data_arguments(parser, args):
         parser.error("--dataset npz needs --npz FILE")
     if args.npz and args.dataset != "npz":
         parser.error("--npz is only for --dataset npz")
+    if args.conditional and args.plot_every:
+        parser.error("--plot-every does not go with --conditional")
 
 
 # What the data options mean when neither the command line nor a run sets them.
@@ -350,7 +358,8 @@ def _data_config(args, fallback=None):
     }
 
 
-def _load_data(config, batch_size, seed, download, limit=None):
+def _load_data(config, batch_size, seed, download, limit=None,
+               labels=False):
     from keras_vae import datasets
 
     return datasets.load(
@@ -364,6 +373,7 @@ def _load_data(config, batch_size, seed, download, limit=None):
         path=config["npz"],
         download=download,
         limit=limit,
+        labels=labels,
     )
 
 
@@ -377,7 +387,7 @@ def train(args):
     keras.utils.set_random_seed(args.seed)
     data_config = _data_config(args)
     data = _load_data(data_config, args.batch_size, args.seed, args.download,
-                      limit=args.limit)
+                      limit=args.limit, labels=args.conditional)
     steps_per_epoch = int(data.train.cardinality())
     beta = args.beta
     if args.warmup_epochs:
@@ -413,23 +423,33 @@ def train(args):
              for name, values in history.history.items()}
     config = {k: v for k, v in vars(args).items() if k != "command"}
     config.update(data_config, latent_dim=int(model.latent_dim))
+    if args.conditional:
+        config["class_names"] = _class_names(model, data.class_names)
     _write_json(os.path.join(args.output, METRICS_FILE),
                 {"config": config, "final_epoch": final})
 
-    plotting.save_grid(
-        os.path.join(args.output, "samples.png"),
-        np.asarray(model.sample(64, seed=args.seed)),
-        columns=8, title="decoded draws from the prior (means of p(x|z))",
-    )
+    samples_path = os.path.join(args.output, "samples.png")
+    if args.conditional:
+        _save_class_samples(samples_path, model, config["class_names"],
+                            per_class=8, seed=args.seed)
+    else:
+        plotting.save_grid(
+            samples_path,
+            np.asarray(model.sample(64, seed=args.seed)),
+            columns=8, title="decoded draws from the prior (means of p(x|z))",
+        )
     inputs = data.arrays["test"][:8]
+    labels = data.arrays["test_labels"]
     plotting.save_reconstructions(
         os.path.join(args.output, "reconstructions.png"),
-        inputs, np.asarray(model.reconstruct(inputs,
-                                             num_samples=args.reconstructions)),
+        inputs, np.asarray(model.reconstruct(
+            inputs, num_samples=args.reconstructions,
+            **_condition(model, labels[:8]))),
         title="test inputs and reconstructions from z ~ q(z|x)",
     )
     if config["latent_dim"] == 2:
-        means, _ = model.encode(data.arrays["test"])
+        means, _ = model.encode(data.arrays["test"],
+                                **_condition(model, labels))
         plotting.save_latent_scatter(
             os.path.join(args.output, "latent.png"), np.asarray(means),
             data.arrays["test_labels"],
@@ -441,8 +461,8 @@ def train(args):
 
 
 def _build_model(args, data, beta):
-    """The model of `args.preset`, a `HierarchicalVAE` for the presets with
-    several stochastic layers."""
+    """The model of `args.preset`: a `ConditionalVAE` with --conditional,
+    a `HierarchicalVAE` for the presets with several stochastic layers."""
     from keras_vae import VAE, presets
 
     options = dict(
@@ -453,6 +473,11 @@ def _build_model(args, data, beta):
         beta=beta,
         free_bits=args.free_bits,
     )
+    if args.conditional:
+        if args.preset in presets.HIERARCHICAL_PRESETS:
+            raise UsageError(f"--conditional has no {args.preset} preset: "
+                             "use mlp or conv")
+        return _conditional_model(args, data, options)
     if args.preset in presets.HIERARCHICAL_PRESETS:
         from keras_vae import HierarchicalVAE
 
@@ -464,6 +489,67 @@ def _build_model(args, data, beta):
         train_mean=data.train_mean,
     )
     return VAE(encoder, decoder, **options)
+
+
+def _conditional_model(args, data, vae_options):
+    """The class-conditional VAE of the preset, for the data's labels."""
+    from keras_vae import ConditionalVAE, presets
+
+    num_classes = max(len(data.class_names),
+                      int(data.arrays["train_labels"].max()) + 1)
+    encoder, decoder = presets.build_conditional(
+        args.preset, data.image_shape, num_classes, args.latent_dim,
+        train_mean=data.train_mean,
+    )
+    return ConditionalVAE(encoder, decoder, num_classes=num_classes,
+                          **vae_options)
+
+
+def _is_conditional(model):
+    from keras_vae import ConditionalVAE
+
+    return isinstance(model, ConditionalVAE)
+
+
+def _condition(model, labels):
+    """The keyword arguments that give a conditional model its labels."""
+    return {"condition": labels} if _is_conditional(model) else {}
+
+
+def _class_names(model, names=None):
+    """A name per class of a conditional model: the dataset's, or the
+    label numbers."""
+    names = list(names or ())
+    if len(names) != model.num_classes:
+        names = [str(c) for c in range(model.num_classes)]
+    return names
+
+
+def _save_class_samples(path, model, class_names, per_class, seed,
+                        draw=False):
+    """Samples of a conditional model, one row per class, as a PNG grid;
+    returns them, `[classes * per_class, *event]`."""
+    import numpy as np
+
+    from keras_vae import plotting
+
+    labels = np.repeat(np.arange(len(class_names)), per_class)
+    images = np.asarray(
+        model.sample(len(labels), condition=labels, seed=seed, draw=draw))
+    what = "draws from p(x|z, c)" if draw else "means of p(x|z, c)"
+    plotting.save_class_grid(
+        path, images.reshape((len(class_names), per_class) + images.shape[1:]),
+        class_names,
+        title=f"samples given each class, one row per class ({what}), "
+        f"seed {seed}",
+    )
+    return images
+
+
+def _refuse_conditional(model, command):
+    if _is_conditional(model):
+        raise UsageError(f"{command} needs an unconditional model; this one "
+                         "is conditional (trained with --conditional)")
 
 
 def _learning_rate(args, steps_per_epoch):
@@ -510,7 +596,8 @@ def _run_config(run_dir):
 
 
 def _model_and_split(args, split="test", batch_size=100):
-    """The model of `args.model` and the examples of its run's `split`."""
+    """The model of `args.model`, and the examples of its run's `split`
+    and their labels."""
     model_file, run_dir = _resolve_model(args.model)
     run_config = _run_config(run_dir)
     data_config = _data_config(args, fallback=run_config)
@@ -522,19 +609,23 @@ def _model_and_split(args, split="test", batch_size=100):
     if x is None:
         raise UsageError(f"this dataset has no {split} split "
                          "(validation fraction 0)")
-    return model_file, run_dir, _load_model(model_file), x, data_config
+    labels = data.arrays[f"{split}_labels"]
+    return (model_file, run_dir, _load_model(model_file), x, data_config,
+            labels)
 
 
 def evaluate(args):
     from keras_vae.evaluation import evaluate_arrays
 
-    model_file, run_dir, model, x, data_config = _model_and_split(
+    model_file, run_dir, model, x, data_config, labels = _model_and_split(
         args, args.split, args.batch_size)
     metrics_path = (None if run_dir is None
                     else os.path.join(run_dir, METRICS_FILE))
     if args.limit is not None:
-        x = x[: args.limit]
-    model.check_data(x)
+        x, labels = x[: args.limit], labels[: args.limit]
+    # A conditional model is given each example's label: log p(x|c).
+    given = _condition(model, labels)
+    model.check_data(x, **given)
 
     results = evaluate_arrays(
         model, x,
@@ -544,6 +635,7 @@ def evaluate(args):
         batch_size=args.batch_size,
         seed=args.seed,
         verbose=args.verbose,
+        **given,
     )
     per_example = results.pop("per_example")
     if args.per_example:
@@ -587,17 +679,24 @@ def sample(args):
 
     from keras_vae import plotting
 
-    model_file, _ = _resolve_model(args.model)
+    model_file, run_dir = _resolve_model(args.model)
     model = _load_model(model_file)
     seed = args.seed
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31))
-    images = np.asarray(model.sample(args.num, seed=seed, draw=args.draw))
-    columns = int(np.ceil(np.sqrt(args.num)))
-    what = "draws from p(x|z)" if args.draw else "means of p(x|z)"
-    plotting.save_grid(
-        args.output, images, columns=columns,
-        title=f"{args.num} samples from the prior ({what}), seed {seed}")
+    if _is_conditional(model):
+        names = _class_names(model, _run_config(run_dir).get("class_names"))
+        images = _save_class_samples(
+            args.output, model, names, per_class=-(-args.num // len(names)),
+            seed=seed, draw=args.draw)
+    else:
+        images = np.asarray(model.sample(args.num, seed=seed,
+                                         draw=args.draw))
+        columns = int(np.ceil(np.sqrt(args.num)))
+        what = "draws from p(x|z)" if args.draw else "means of p(x|z)"
+        plotting.save_grid(
+            args.output, images, columns=columns,
+            title=f"{args.num} samples from the prior ({what}), seed {seed}")
     if args.npy:
         np.save(args.npy, images)
     print(f"wrote {args.output} (seed {seed})")
@@ -607,7 +706,8 @@ def sample(args):
 def traverse(args):
     from keras_vae import plotting
 
-    _, _, model, x, _ = _model_and_split(args)
+    _, _, model, x, _, _ = _model_and_split(args)
+    _refuse_conditional(model, args.command)
     if args.index >= len(x):
         raise UsageError(f"--index {args.index} is past the test split's "
                          f"{len(x)} images")
@@ -629,7 +729,8 @@ def interpolate(args):
 
     from keras_vae import plotting
 
-    _, _, model, x, _ = _model_and_split(args)
+    _, _, model, x, _, _ = _model_and_split(args)
+    _refuse_conditional(model, args.command)
     a, b = args.pair
     if max(a, b) >= len(x):
         raise UsageError(f"--pair {a} {b}: the test split has {len(x)} "

@@ -2,6 +2,8 @@
 
 `load(name, ...)` is the one entry point. Every split yields batches of images
 shaped `[batch, *image_shape]` (float32 in [0, 1]); the model needs no labels.
+With `labels=True` they yield `(images, labels)` instead, for a
+class-conditional model (`keras_vae.ConditionalVAE`).
 
 Binarization follows Burda et al. (2015): with `binarize="dynamic"` each
 training pixel is resampled as Bernoulli(grey level) every epoch, while the
@@ -74,6 +76,7 @@ def load(
     path=None,
     download=True,
     limit=None,
+    labels=False,
 ):
     """Loads a dataset as `tf.data` pipelines with train/validation/test splits.
 
@@ -101,6 +104,9 @@ def load(
             `keras.datasets` download them.
         limit: keep only the first `limit` training examples (after the
             validation split is held out), or `None` for all.
+        labels: if True, every split yields `(images, labels)` batches, the
+            labels int32 `[batch]` (binarization applies to the images
+            only); the dataset must have labels.
 
     Returns:
         A `Splits`.
@@ -176,7 +182,12 @@ def load(
     if binarize == "static":
         x_train = _binarize_once(x_train, 0)
 
-    train = tf.data.Dataset.from_tensor_slices(x_train).shuffle(
+    if labels:
+        _check_labels(name, y_train, y_val, y_test)
+    pair = _with_labels if labels else lambda x, y: x  # noqa: E731
+
+    train = tf.data.Dataset.from_tensor_slices(pair(x_train, y_train))
+    train = train.shuffle(
         len(x_train), seed=seed, reshuffle_each_iteration=True
     )
     train = train.batch(batch_size)
@@ -193,8 +204,11 @@ def load(
     return Splits(
         name=name,
         train=train.prefetch(tf.data.AUTOTUNE),
-        validation=None if x_val is None else _batches(x_val, batch_size),
-        test=_batches(x_test, batch_size),
+        validation=(
+            None if x_val is None
+            else _batches(pair(x_val, y_val), batch_size)
+        ),
+        test=_batches(pair(x_test, y_test), batch_size),
         arrays=arrays,
         image_shape=tuple(x_train.shape[1:]),
         train_mean=train_mean,
@@ -210,14 +224,20 @@ def dynamic_binarization(dataset, seed):
     Every batch gets its own stateless seed from a `tf.data.Dataset.random`
     stream that is rerandomized on each iteration, so each epoch sees new
     binary images while the whole run stays reproducible from `seed`.
+    Batches of `(images, labels)` keep their labels as they are.
     """
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
-    def draw(images, batch_seed):
+    def binary(images, batch_seed):
         uniform = tf.random.stateless_uniform(
             tf.shape(images), seed=[batch_seed, seed], dtype=images.dtype
         )
         return tf.cast(uniform < images, images.dtype)
+
+    def draw(batch, batch_seed):
+        if isinstance(batch, tuple):
+            return (binary(batch[0], batch_seed), *batch[1:])
+        return binary(batch, batch_seed)
 
     return tf.data.Dataset.zip(dataset, seeds).map(
         draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -232,6 +252,20 @@ def _hold_out(x, y, fraction, seed):
     order = np.random.default_rng(seed).permutation(len(x))
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     return x[train], y[train], x[val], y[val]
+
+
+def _with_labels(x, y):
+    return x, y.astype(np.int32)
+
+
+def _check_labels(name, *splits):
+    """Raises unless every example of every split has a label."""
+    for y in splits:
+        if y is not None and len(y) and np.min(y) < 0:
+            raise ValueError(
+                f"labels=True needs labelled data, but the {name!r} data "
+                "has examples without labels (npz: give y_train and y_test)"
+            )
 
 
 def _as_images(x):

@@ -48,6 +48,7 @@ def evaluate_arrays(
     batch_size: int = 100,
     seed: int = 0,
     verbose: int = 1,
+    condition=None,
 ) -> dict:
     """Evaluates `model` on the examples `x`, one batch at a time.
 
@@ -60,7 +61,9 @@ def evaluate_arrays(
     means of a layer above the first taken at the mean of the one below,
     `posterior_means`). `"per_example"`
     holds each example's values, as NumPy arrays. `seed` makes the Monte
-    Carlo estimates reproducible.
+    Carlo estimates reproducible. For a `keras_vae.ConditionalVAE` pass
+    the examples' `condition` (e.g. their labels); the values are then
+    given it: log p(x|c) and its bounds.
     """
     import keras
 
@@ -76,17 +79,21 @@ def evaluate_arrays(
                                    unit_name="example")
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        means.append([np.asarray(m) for m in model.posterior_means(batch)])
-        columns["elbo"].append(
-            model.elbo(batch, num_samples=elbo_samples, seed=next_seed()))
+        given = ({} if condition is None
+                 else {"condition": condition[start : start + batch_size]})
+        means.append(
+            [np.asarray(m) for m in model.posterior_means(batch, **given)])
+        columns["elbo"].append(model.elbo(
+            batch, num_samples=elbo_samples, seed=next_seed(), **given))
         for k in iwae_ks:
-            columns[f"iwae_{k}"].append(
-                model.iwae_bound(batch, num_samples=k, seed=next_seed()))
+            columns[f"iwae_{k}"].append(model.iwae_bound(
+                batch, num_samples=k, seed=next_seed(), **given))
         # One progress bar, over examples: none of its own per chunk.
         columns["log_likelihood"].append(model.log_likelihood(
             batch, num_samples=ll_samples, batch_size=batch_size,
-            seed=next_seed(), verbose=0))
-        columns["kl"].append(model.kl_divergence(batch, seed=next_seed()))
+            seed=next_seed(), verbose=0, **given))
+        columns["kl"].append(
+            model.kl_divergence(batch, seed=next_seed(), **given))
         progress.add(len(batch))
 
     per_example = {

@@ -9,6 +9,7 @@ from keras_vae import seeding
 from keras_vae.checks import check_count
 from keras_vae.model import VAE
 from keras_vae.model import call_on_samples
+from keras_vae.model import gaussian_parameters
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -93,7 +94,7 @@ class HierarchicalVAE(VAE):
         super().__init__(encoders[0], decoder, likelihood, **kwargs)
         self.upper_encoders = encoders[1:]
         self.priors = priors
-        self._build_from_encoder()
+        self._build_from_networks()
 
     # Structure.
 
@@ -113,10 +114,10 @@ class HierarchicalVAE(VAE):
             prior.input_shape[-1] for prior in self.priors
         )
 
-    def _build_from_encoder(self):
+    def _build_from_networks(self):
         # VAE's constructor calls this before the upper layers exist.
         if hasattr(self, "priors"):
-            super()._build_from_encoder()
+            super()._build_from_networks()
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -154,7 +155,9 @@ class HierarchicalVAE(VAE):
         for layer, (encoder, prior) in enumerate(
             zip(self.upper_encoders, self.priors), start=1
         ):
-            upper_mean, upper_log_var = _float32(call_on_samples(encoder, z))
+            upper_mean, upper_log_var = gaussian_parameters(
+                call_on_samples(encoder, z), f"encoders[{layer}]"
+            )
             z_upper, top_kl, upper_log_ratio = self._draw(
                 upper_mean, upper_log_var, 1, seed, layer
             )
@@ -163,8 +166,8 @@ class HierarchicalVAE(VAE):
                 upper_log_ratio = _log_ratio_at_frozen_parameters(
                     encoder, z, z_upper
                 )
-            prior_mean, prior_log_var = _float32(
-                call_on_samples(prior, z_upper)
+            prior_mean, prior_log_var = gaussian_parameters(
+                call_on_samples(prior, z_upper), f"priors[{layer - 1}]"
             )
             log_ratio_sum += bounds.log_ratio_to_prior(
                 log_ratio, z, prior_mean, prior_log_var
@@ -198,7 +201,9 @@ class HierarchicalVAE(VAE):
         z, _, _ = self._draw(zeros, zeros, 1, step_seed, top)
         z = z[0]
         for layer in range(top - 1, -1, -1):
-            prior_mean, prior_log_var = _float32(self.priors[layer](z))
+            prior_mean, prior_log_var = gaussian_parameters(
+                self.priors[layer](z), f"priors[{layer}]"
+            )
             z, _, _ = self._draw(prior_mean, prior_log_var, 1, step_seed, layer)
             z = z[0]
         decoder_output = self.decoder(z)
@@ -212,8 +217,8 @@ class HierarchicalVAE(VAE):
         are counted on)."""
         mean, _ = self.encode(x)
         means = [mean]
-        for encoder in self.upper_encoders:
-            mean, _ = _float32(encoder(mean))
+        for layer, encoder in enumerate(self.upper_encoders, start=1):
+            mean, _ = gaussian_parameters(encoder(mean), f"encoders[{layer}]")
             means.append(mean)
         return means
 
@@ -242,16 +247,6 @@ class HierarchicalVAE(VAE):
         return cls(**config)
 
 
-def _float32(outputs):
-    """A Gaussian network's `(mean, log_var)` as float32."""
-    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
-        raise ValueError(
-            "each encoder and prior network must return (mean, log_var), "
-            f"got {type(outputs).__name__}"
-        )
-    return tuple(ops.cast(t, "float32") for t in outputs)
-
-
 def _log_ratio_at_frozen_parameters(encoder, z_below, z):
     """`log q(z|z_below) - log N(z; 0, I)` with the gradient stopped
     through the encoder's weights but not through z_below or z: what STL
@@ -263,7 +258,9 @@ def _log_ratio_at_frozen_parameters(encoder, z_below, z):
         outputs, _ = encoder.stateless_call(frozen, fixed, inputs)
         return outputs
 
-    mean, log_var = _float32(call_on_samples(frozen_encoder, z_below))
+    mean, log_var = gaussian_parameters(
+        call_on_samples(frozen_encoder, z_below), "an encoder"
+    )
     return bounds.normal_log_prob(z, mean, log_var) - (
         bounds.standard_normal_log_prob(z)
     )

@@ -194,15 +194,17 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
-        self._build_from_encoder()
+        self._build_from_networks()
         self._check_decoder_activation()
 
     # Structure.
 
-    def _build_from_encoder(self):
+    def _build_from_networks(self):
         """Builds now when the encoder's input shape is known, so that the
         state (a learned likelihood scale) exists before weights load and
-        the model can be saved or exported before it has seen data."""
+        the model can be saved or exported before it has seen data.
+        Building locks the sublayers: a subclass with more networks builds
+        once it has set them."""
         try:
             input_shape = self.encoder.input_shape
         except (AttributeError, ValueError):
@@ -270,25 +272,37 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.likelihood.check_support(x)
 
     def _check_input(self, data):
-        """`check_data` on an array, or a dataset's first batch."""
+        """`check_data` on arrays, or on a dataset's first batch."""
         if data is None:
             return
         if _is_tf_dataset(data):
             for batch in data.take(1):
                 data = batch
-        if isinstance(data, (tuple, list)):
-            data = keras.utils.unpack_x_y_sample_weight(tuple(data))[0]
-        if isinstance(data, np.ndarray) or _is_tensor(data):
-            self.check_data(data)
+        self._check_inputs(self._unpack_data(data)[0])
 
-    def fit(self, x=None, *args, validation_data=None, **kwargs):
-        self._check_input(x)
+    def _check_inputs(self, inputs):
+        """`check_data` on a step's inputs (see `_unpack_data`) when they
+        are arrays or tensors. A hook of the subclasses."""
+        if isinstance(inputs, np.ndarray) or _is_tensor(inputs):
+            self.check_data(inputs)
+
+    def _unpack_data(self, data):
+        """A step's data as `(inputs, sample_weight)`: `inputs` is what
+        `_posterior_samples` and `compute_gradients` take, here x (any
+        target is ignored). A hook of the subclasses."""
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        return x, sample_weight
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        self._check_input(x if y is None else (x, y))
         self._check_input(validation_data)
-        return super().fit(x, *args, validation_data=validation_data, **kwargs)
+        return super().fit(
+            x, y, *args, validation_data=validation_data, **kwargs
+        )
 
-    def evaluate(self, x=None, *args, **kwargs):
-        self._check_input(x)
-        return super().evaluate(x, *args, **kwargs)
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_input(x if y is None else (x, y))
+        return super().evaluate(x, y, *args, **kwargs)
 
     def _build_likelihood(self):
         if self.likelihood.built:
@@ -333,14 +347,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
 
     def encode(self, x) -> tuple:
         """q(z|x)'s parameters `(mean, log_var)`, each `[B, D]`, float32."""
-        outputs = self.encoder(x)
-        if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
-            raise ValueError(
-                "encoder must return (mean, log_var), got "
-                f"{type(outputs).__name__} of "
-                f"{len(outputs) if isinstance(outputs, (list, tuple)) else 1}"
-            )
-        return tuple(ops.cast(t, "float32") for t in outputs)
+        return gaussian_parameters(self.encoder(x), "encoder")
 
     def decode(self, z):
         """The likelihood's parameters for z `[..., D]`: `[..., *event]`."""
@@ -350,18 +357,29 @@ class VAE(seeding.SavesSeedState, keras.Model):
         mean, _ = self.encode(x)
         return self.likelihood.mean(self.decoder(mean))
 
-    def _posterior_samples(self, x, num_samples, seed, stop=False):
-        """Encode, sample, decode: `(mean, log_var, kl, log_ratio, log_px_z)`."""
-        x = ops.convert_to_tensor(x)
-        self._check_shapes(x)
-        mean, log_var = self.encode(x)
-        z, kl, log_ratio = vae_ops.reparameterize_kl(
+    def _reparameterize(self, mean, log_var, num_samples, seed, stop=False):
+        """The op, with the model's implementation: `(z, kl, log_ratio)`."""
+        return vae_ops.reparameterize_kl(
             mean,
             log_var,
             num_samples=num_samples,
             seed=seed,
             stop_log_ratio_param_grad=stop,
             implementation=self.implementation,
+        )
+
+    def _posterior_samples(self, x, num_samples, seed, stop=False):
+        """Encode, sample, decode: `(mean, log_var, kl, log_ratio, log_px_z)`.
+
+        `x` is the step's inputs (see `_unpack_data`). A hook of the
+        subclasses: every bound, the training and evaluation steps and
+        `log_likelihood` draw their samples here.
+        """
+        x = ops.convert_to_tensor(x)
+        self._check_shapes(x)
+        mean, log_var = self.encode(x)
+        z, kl, log_ratio = self._reparameterize(
+            mean, log_var, num_samples, seed, stop
         )
         log_px_z = self.likelihood.log_prob(x, self.decode(z))
         return mean, log_var, kl, log_ratio, log_px_z
@@ -452,6 +470,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
 
     def compute_gradients(self, x, sample_weight=None, seed=None):
         """Gradients of the training loss for one batch, without applying them.
+
+        `x` is the batch's inputs: the examples, or for a
+        `ConditionalVAE` the pair `(x, condition)`.
 
         With DReG the encoder's variables get the gradient of the encoder
         loss, the others that of the loss, from the same samples. On JAX
@@ -625,9 +646,9 @@ class VAE(seeding.SavesSeedState, keras.Model):
         if _backend() == "jax":
             return self._jax_train_step(*args)
         (data,) = args
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, sample_weight = self._unpack_data(data)
         gradients, variables, losses, report = self.compute_gradients(
-            x, sample_weight
+            inputs, sample_weight
         )
         if _backend() == "torch":
             self._torch_apply(gradients, variables, losses["loss"])
@@ -661,9 +682,10 @@ class VAE(seeding.SavesSeedState, keras.Model):
         trainable, non_trainable, optimizer_variables, metrics_variables = (
             state
         )
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, sample_weight = self._unpack_data(data)
         gradients, losses, report, non_trainable = self._jax_gradients(
-            trainable, non_trainable, optimizer_variables, x, sample_weight
+            trainable, non_trainable, optimizer_variables, inputs,
+            sample_weight,
         )
         new_trainable, new_optimizer_variables = self.optimizer.stateless_apply(
             optimizer_variables, gradients, trainable
@@ -736,21 +758,21 @@ class VAE(seeding.SavesSeedState, keras.Model):
         if _backend() == "jax":
             return self._jax_test_step(*args)
         (data,) = args
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, sample_weight = self._unpack_data(data)
         losses, report = self._objective(
-            x, sample_weight, next_seed(self.seed_generator)
+            inputs, sample_weight, next_seed(self.seed_generator)
         )
         return self._update_metrics(losses["loss"], report, sample_weight)
 
     def _jax_test_step(self, state, data):
         trainable, non_trainable, metrics_variables = state
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        inputs, sample_weight = self._unpack_data(data)
         with self._stateless_scope(
             (self.trainable_variables, trainable),
             (self.non_trainable_variables, non_trainable),
         ) as scope:
             losses, report = self._objective(
-                x, sample_weight, next_seed(self.seed_generator)
+                inputs, sample_weight, next_seed(self.seed_generator)
             )
         non_trainable = [
             scope.get_current_value(v) for v in self.non_trainable_variables
@@ -789,10 +811,11 @@ class VAE(seeding.SavesSeedState, keras.Model):
         seeds = self._seeds(seed)
         # z from the op's noise, which is the same on every backend.
         zeros = ops.zeros((n, self.latent_dim), "float32")
-        z, _, _ = vae_ops.reparameterize_kl(
-            zeros, zeros, seed=seeds.next(), implementation=self.implementation
-        )
-        decoder_output = self.decoder(z[0])
+        z, _, _ = self._reparameterize(zeros, zeros, 1, seeds.next())
+        return self._likelihood_output(self.decoder(z[0]), seeds, draw)
+
+    def _likelihood_output(self, decoder_output, seeds, draw):
+        """A draw x ~ p(x|z) (`draw=True`) or the likelihood's mean."""
         if draw:
             return self.likelihood.sample(decoder_output, seed=seeds)
         return self.likelihood.mean(decoder_output)
@@ -807,12 +830,8 @@ class VAE(seeding.SavesSeedState, keras.Model):
         """
         num_samples = check_count(num_samples)
         mean, log_var = self.encode(x)
-        z, _, _ = vae_ops.reparameterize_kl(
-            mean,
-            log_var,
-            num_samples=num_samples,
-            seed=self._seeds(seed).next(),
-            implementation=self.implementation,
+        z, _, _ = self._reparameterize(
+            mean, log_var, num_samples, self._seeds(seed).next()
         )
         return self.likelihood.mean(self.decode(z))
 
@@ -907,14 +926,14 @@ class VAE(seeding.SavesSeedState, keras.Model):
             chunks.append(num_samples % chunk_size)
 
         if _is_batch_iterable(x):
-            batches, steps = _sub_batches(x, batch_size), None
+            batches = self._sub_batches(x, batch_size)
+            steps = None
         else:
-            x = ops.convert_to_tensor(x)
-            n = int(x.shape[0])
-            batches = (
-                x[start : start + batch_size]
-                for start in range(0, n, batch_size)
-            )
+            # x is the model's inputs: an array, or a structure of arrays
+            # with one batch axis (a conditional model's (x, condition)).
+            inputs = keras.tree.map_structure(ops.convert_to_tensor, x)
+            batches = _slices(inputs, batch_size)
+            n = _batch_size(inputs)
             steps = -(-n // batch_size) * len(chunks)
         if verbose == "auto":
             verbose = int(steps is None or steps >= 10)
@@ -923,7 +942,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         estimates = []
         for x_batch in batches:
             if not estimates:
-                self.check_data(x_batch)
+                self._check_inputs(x_batch)
             chunk_lse = []
             for k in chunks:
                 chunk_lse.append(
@@ -936,6 +955,16 @@ class VAE(seeding.SavesSeedState, keras.Model):
         if not estimates:
             return ops.zeros((0,), "float32")
         return ops.concatenate(estimates, axis=0)
+
+    def _sub_batches(self, batches, batch_size):
+        """The inputs of each batch, split to at most `batch_size`
+        examples."""
+        for batch in batches:
+            inputs = self._unpack_data(batch)[0]
+            yield from _slices(
+                keras.tree.map_structure(ops.convert_to_tensor, inputs),
+                batch_size,
+            )
 
     def _log_likelihood_batch_size(self, chunk_size):
         """Examples per batch whose chunk fits LOG_LIKELIHOOD_MEMORY_BUDGET."""
@@ -1012,17 +1041,23 @@ class VAE(seeding.SavesSeedState, keras.Model):
         return cls(**config)
 
 
-def call_on_samples(network, z):
-    """`network(z)` for z `[..., D]` with any number of leading sample and
-    batch axes: they are folded into the one batch axis networks take, and
-    unfolded in each output."""
+def call_on_samples(network, z, condition=None):
+    """`network` applied to z `[..., B, D]` with any number of leading
+    sample axes: they are folded into the one batch axis networks take, and
+    unfolded in each output (`[..., B, *event]`). A `condition` `[B, ...]`
+    goes beside z (`network([z, condition])`), repeated for every sample."""
     z = ops.convert_to_tensor(z)
     if len(z.shape) <= 2:
-        return network(z)
-    lead = ops.shape(z)[:-1]
-    outputs = network(ops.reshape(z, (-1, ops.shape(z)[-1])))
+        return network(z if condition is None else [z, condition])
+    leading = ops.shape(z)[:-1]
+    inputs = ops.reshape(z, (-1, ops.shape(z)[-1]))
+    if condition is not None:
+        event = tuple(ops.shape(condition)[1:])
+        repeated = ops.broadcast_to(condition, (*leading, *event))
+        inputs = [inputs, ops.reshape(repeated, (-1, *event))]
+    outputs = network(inputs)
     return keras.tree.map_structure(
-        lambda t: ops.reshape(t, (*lead, *ops.shape(t)[1:])), outputs
+        lambda t: ops.reshape(t, (*leading, *ops.shape(t)[1:])), outputs
     )
 
 
@@ -1098,14 +1133,29 @@ def _is_batch_iterable(x):
     return hasattr(x, "__iter__")
 
 
-def _sub_batches(batches, batch_size):
-    """The x of each batch, split to at most `batch_size` examples."""
-    for batch in batches:
-        if isinstance(batch, (tuple, list)):
-            batch = keras.utils.unpack_x_y_sample_weight(tuple(batch))[0]
-        batch = ops.convert_to_tensor(batch)
-        for start in range(0, int(batch.shape[0]), batch_size):
-            yield batch[start : start + batch_size]
+def _batch_size(inputs):
+    """The examples in `inputs`, a tensor or a structure of tensors."""
+    return int(keras.tree.flatten(inputs)[0].shape[0])
+
+
+def _slices(inputs, batch_size):
+    """`inputs` (a tensor or a structure of them) in slices of at most
+    `batch_size` examples."""
+    for start in range(0, _batch_size(inputs), batch_size):
+        yield keras.tree.map_structure(
+            lambda t: t[start : start + batch_size], inputs
+        )
+
+
+def gaussian_parameters(outputs, network):
+    """A network's `(mean, log_var)` as float32, checked to be a pair."""
+    if not isinstance(outputs, (list, tuple)) or len(outputs) != 2:
+        raise ValueError(
+            f"{network} must return (mean, log_var), got "
+            f"{type(outputs).__name__} of "
+            f"{len(outputs) if isinstance(outputs, (list, tuple)) else 1}"
+        )
+    return tuple(ops.cast(t, "float32") for t in outputs)
 
 
 def _event_size(decoder):

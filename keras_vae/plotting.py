@@ -1,7 +1,7 @@
 """Image grids, latent scatter plots, traversals and interpolations.
 
-`save_grid`, `save_reconstructions`, `save_latent_scatter` and
-`save_traversal` write PNG files; `latent_traversal` and
+`save_grid`, `save_class_grid`, `save_reconstructions`,
+`save_latent_scatter` and `save_traversal` write PNG files; `latent_traversal` and
 `latent_interpolation` compute the images from a `keras_vae.VAE`.
 
 matplotlib is imported here, on first use, with the non-interactive Agg
@@ -56,8 +56,10 @@ def tile(images, rows, columns):
     return canvas
 
 
-def save_grid(path, images, columns, title=None, column_titles=None):
-    """Saves images in a grid with `columns` columns as a PNG at `path`."""
+def save_grid(path, images, columns, title=None, column_titles=None,
+              row_titles=None):
+    """Saves images in a grid with `columns` columns as a PNG at `path`,
+    optionally with a title above each column or beside each row."""
     plt = _pyplot()
     rows = -(-len(images) // columns)
     canvas = tile(np.clip(images, 0.0, 1.0), rows, columns)
@@ -76,11 +78,41 @@ def save_grid(path, images, columns, title=None, column_titles=None):
         axes.set_xticklabels(column_titles, fontsize=8)
         axes.xaxis.set_ticks_position("top")
         axes.tick_params(length=0)
+    if row_titles is not None:
+        cell = canvas.shape[0] / rows
+        axes.set_yticks([cell * (i + 0.5) for i in range(len(row_titles))])
+        axes.set_yticklabels(row_titles, fontsize=8)
+        axes.tick_params(length=0)
     if title:
         axes.set_title(title, fontsize=10, y=-0.08 if column_titles else 1.0)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def save_class_grid(path, images, class_names, title=None):
+    """Saves class-conditional samples, one row per class.
+
+    Args:
+        path: the PNG file to write.
+        images: `[num_classes, per_class, *image_shape]`, row c drawn
+            given class c.
+        class_names: a name per row, shown beside it.
+        title: an optional title.
+    """
+    images = np.asarray(images)
+    rows, per_class = images.shape[:2]
+    if len(class_names) != rows:
+        raise ValueError(
+            f"{len(class_names)} class names for {rows} rows of images"
+        )
+    save_grid(
+        path,
+        images.reshape((rows * per_class,) + images.shape[2:]),
+        columns=per_class,
+        title=title,
+        row_titles=list(class_names),
+    )
 
 
 def save_reconstructions(path, inputs, reconstructions, title=None):

@@ -37,22 +37,44 @@ def build(preset, image_shape, latent_dim=None, train_mean=None):
     Returns:
         `(encoder, decoder)`, two functional `keras.Model`s.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    image_shape = tuple(int(d) for d in image_shape)
-    if preset in HIERARCHICAL_PRESETS:
-        raise ValueError(
-            f"preset {preset!r} has several stochastic layers: build it "
-            "with build_hierarchical"
-        )
-    if latent_dim is None:
-        latent_dim = DEFAULT_LATENT_DIMS[preset]
-    latent_dim = _check_latent_dim(latent_dim)
+    image_shape, latent_dim = _check_arguments(preset, image_shape, latent_dim)
     if preset == "mlp":
         encoder, decoder = _mlp(image_shape, latent_dim)
     else:
         encoder, decoder = _conv(image_shape, latent_dim)
-    _start_at_train_mean(decoder, train_mean, image_shape)
+    _set_output_bias(decoder, image_shape, train_mean)
+    return encoder, decoder
+
+
+def build_conditional(
+    preset, image_shape, num_classes, latent_dim=None, train_mean=None
+):
+    """Builds `(encoder, decoder)` of a class-conditional VAE.
+
+    The networks of `build`'s preset, given the one-hot class label too:
+    the encoder takes `[images, one_hot]` and concatenates the label to the
+    flattened image (for `conv`, to the flattened feature maps); the
+    decoder takes `[z, one_hot]` and concatenates it to z. For
+    `keras_vae.ConditionalVAE(..., num_classes=num_classes)`.
+
+    Args:
+        preset, image_shape, latent_dim, train_mean: as for `build`.
+        num_classes: the number of classes, the length of the one-hot
+            labels.
+
+    Returns:
+        `(encoder, decoder)`, two functional `keras.Model`s of two inputs.
+    """
+    image_shape, latent_dim = _check_arguments(preset, image_shape, latent_dim)
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(
+            f"num_classes must be a positive integer, got {num_classes!r}"
+        )
+    if preset == "mlp":
+        encoder, decoder = _mlp(image_shape, latent_dim, int(num_classes))
+    else:
+        encoder, decoder = _conv(image_shape, latent_dim, int(num_classes))
+    _set_output_bias(decoder, image_shape, train_mean)
     return encoder, decoder
 
 
@@ -71,42 +93,52 @@ def build_hierarchical(image_shape, latent_dim=None, train_mean=None):
             layer has 2 * D_2.
         train_mean: as for `build`.
     """
-    image_shape = tuple(int(d) for d in image_shape)
-    top = _check_latent_dim(
-        DEFAULT_LATENT_DIMS["mlp2"] if latent_dim is None else latent_dim
+    image_shape, top = _check_arguments(
+        "mlp2", image_shape, latent_dim, hierarchical=True
     )
     first = 2 * top
     x_to_z1, z1_to_x = _mlp(image_shape, first)
     z1_to_z2 = _gaussian_mlp((first,), top, (100, 100), "encoder_2", "z_1")
     z2_to_z1 = _gaussian_mlp((top,), first, (100, 100), "prior_1", "z_2")
-    _start_at_train_mean(z1_to_x, train_mean, image_shape)
+    _set_output_bias(z1_to_x, image_shape, train_mean)
     return [x_to_z1, z1_to_z2], z1_to_x, [z2_to_z1]
 
 
-def _check_latent_dim(latent_dim):
+def _check_arguments(preset, image_shape, latent_dim, hierarchical=False):
+    """The image shape and latent dimension, checked, as ints."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+    if (preset in HIERARCHICAL_PRESETS) != hierarchical:
+        builder = "build_hierarchical" if not hierarchical else "build"
+        raise ValueError(
+            f"preset {preset!r} has {'several' if not hierarchical else 'one'}"
+            f" stochastic layer(s): build it with {builder}"
+        )
+    image_shape = tuple(int(d) for d in image_shape)
+    if latent_dim is None:
+        latent_dim = DEFAULT_LATENT_DIMS[preset]
     if not isinstance(latent_dim, (int, np.integer)) or latent_dim < 1:
         raise ValueError(
             f"latent_dim must be a positive integer, got {latent_dim!r}"
         )
-    return int(latent_dim)
+    return image_shape, int(latent_dim)
 
 
-def _start_at_train_mean(decoder, train_mean, image_shape):
-    """Sets the decoder's output bias to the logit of the training mean."""
-    if train_mean is None:
-        return
-    train_mean = np.asarray(train_mean, dtype=np.float64)
-    if train_mean.shape != image_shape:
-        raise ValueError(
-            f"train_mean has shape {train_mean.shape}, expected the "
-            f"image shape {image_shape}"
-        )
-    bias = decoder.get_layer("logits").bias
-    if bias.shape[0] != train_mean.size:
-        # A convolutional output has one bias per channel.
-        train_mean = train_mean.reshape(-1, bias.shape[0]).mean(axis=0)
-    mean = np.clip(train_mean.reshape(-1), _MEAN_CLIP, 1 - _MEAN_CLIP)
-    bias.assign((np.log(mean) - np.log1p(-mean)).astype(bias.dtype))
+def _set_output_bias(decoder, image_shape, train_mean):
+    """Starts the decoder's output bias at the logit of the training mean."""
+    if train_mean is not None:
+        train_mean = np.asarray(train_mean, dtype=np.float64)
+        if train_mean.shape != image_shape:
+            raise ValueError(
+                f"train_mean has shape {train_mean.shape}, expected the "
+                f"image shape {image_shape}"
+            )
+        bias = decoder.get_layer("logits").bias
+        if bias.shape[0] != train_mean.size:
+            # A convolutional output has one bias per channel.
+            train_mean = train_mean.reshape(-1, bias.shape[0]).mean(axis=0)
+        mean = np.clip(train_mean.reshape(-1), _MEAN_CLIP, 1 - _MEAN_CLIP)
+        bias.assign((np.log(mean) - np.log1p(-mean)).astype(bias.dtype))
 
 
 def _gaussian_mlp(input_shape, latent_dim, hidden, name, input_name):
@@ -123,29 +155,48 @@ def _gaussian_mlp(input_shape, latent_dim, hidden, name, input_name):
     return keras.Model(inputs, [mean, log_var], name=name)
 
 
-def _mlp(image_shape, latent_dim, hidden=(200, 200)):
+def _with_labels(num_classes, inputs, features):
+    """`(inputs, features)`, with a one-hot label input concatenated to the
+    features when `num_classes` is set."""
+    if num_classes is None:
+        return inputs, features
+    import keras
+
+    labels = keras.Input((num_classes,), name="labels")
+    features = keras.layers.Concatenate(name="with_labels")(
+        [features, labels]
+    )
+    return [inputs, labels], features
+
+
+def _mlp(image_shape, latent_dim, num_classes=None, hidden=(200, 200)):
     import keras
 
     from keras_vae.layers import GaussianEncoderHead
 
     images = keras.Input(image_shape, name="images")
-    h = keras.layers.Flatten()(images)
+    inputs, h = _with_labels(
+        num_classes, images, keras.layers.Flatten()(images)
+    )
     for i, units in enumerate(hidden):
         h = keras.layers.Dense(units, activation="tanh", name=f"hidden_{i}")(h)
     mean, log_var = GaussianEncoderHead(latent_dim, name="posterior")(h)
-    encoder = keras.Model(images, [mean, log_var], name="encoder")
+    encoder = keras.Model(inputs, [mean, log_var], name="encoder")
 
     z = keras.Input((latent_dim,), name="z")
-    h = z
+    inputs, h = _with_labels(num_classes, z, z)
     for i, units in enumerate(reversed(hidden)):
         h = keras.layers.Dense(units, activation="tanh", name=f"hidden_{i}")(h)
     logits = keras.layers.Dense(int(np.prod(image_shape)), name="logits")(h)
     logits = keras.layers.Reshape(image_shape)(logits)
-    decoder = keras.Model(z, logits, name="decoder")
+    decoder = keras.Model(inputs, logits, name="decoder")
     return encoder, decoder
 
 
-def _conv(image_shape, latent_dim, filters=(32, 64), dense_units=256):
+def _conv(
+    image_shape, latent_dim, num_classes=None, filters=(32, 64),
+    dense_units=256,
+):
     if len(image_shape) != 3 or image_shape[0] % 4 or image_shape[1] % 4:
         raise ValueError(
             "the conv preset needs images of shape (height, width, channels) "
@@ -161,14 +212,15 @@ def _conv(image_shape, latent_dim, filters=(32, 64), dense_units=256):
         h = keras.layers.Conv2D(
             f, 3, strides=2, padding="same", activation="relu", name=f"conv_{i}"
         )(h)
-    h = keras.layers.Flatten()(h)
+    inputs, h = _with_labels(num_classes, images, keras.layers.Flatten()(h))
     h = keras.layers.Dense(dense_units, activation="relu", name="dense")(h)
     mean, log_var = GaussianEncoderHead(latent_dim, name="posterior")(h)
-    encoder = keras.Model(images, [mean, log_var], name="encoder")
+    encoder = keras.Model(inputs, [mean, log_var], name="encoder")
 
     height, width, channels = image_shape
     z = keras.Input((latent_dim,), name="z")
-    h = keras.layers.Dense(dense_units, activation="relu", name="dense")(z)
+    inputs, h = _with_labels(num_classes, z, z)
+    h = keras.layers.Dense(dense_units, activation="relu", name="dense")(h)
     h = keras.layers.Dense(
         (height // 4) * (width // 4) * filters[-1], activation="relu",
         name="dense_to_maps",
@@ -180,5 +232,5 @@ def _conv(image_shape, latent_dim, filters=(32, 64), dense_units=256):
             name=f"deconv_{i}",
         )(h)
     logits = keras.layers.Conv2D(channels, 3, padding="same", name="logits")(h)
-    decoder = keras.Model(z, logits, name="decoder")
+    decoder = keras.Model(inputs, logits, name="decoder")
     return encoder, decoder

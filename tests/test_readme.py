@@ -21,6 +21,7 @@ import keras_vae
 rng = np.random.default_rng(0)
 x_train = (rng.uniform(size=(64, 28, 28, 1)) < 0.3).astype("float32")
 x_test = (rng.uniform(size=(3, 28, 28, 1)) < 0.3).astype("float32")
+y_train, y_test = np.arange(64) % 10, np.arange(3)
 latent_dim = 2
 """
 
@@ -47,8 +48,10 @@ def test_readme_blocks_run(tmp_path, monkeypatch):
     log_px = np.asarray(namespace["log_px"])
     assert log_px.shape == (3,) and np.all(np.isfinite(log_px))
     assert np.all(log_px < 0)
-    for name in ("encoder.keras", "decoder.keras", "vae.keras"):
+    for name in ("encoder.keras", "decoder.keras", "vae.keras", "classes.png"):
         assert (tmp_path / name).is_file()
+    assert np.asarray(namespace["bags"]).shape == (8, 28, 28, 1)
+    assert np.asarray(namespace["log_px_given_c"]).shape == (3,)
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == sorted(
         f"{kind}-epoch{e}.png" for kind in ("samples", "reconstructions")
         for e in (1, 2, 3))
