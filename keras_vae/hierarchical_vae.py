@@ -4,7 +4,6 @@ import keras
 from keras import ops
 
 from keras_vae import bounds
-from keras_vae import ops as vae_ops
 from keras_vae import seeding
 from keras_vae.checks import check_count
 from keras_vae.model import VAE
@@ -132,13 +131,9 @@ class HierarchicalVAE(VAE):
     # The generative model and the posterior.
 
     def _draw(self, mean, log_var, num_samples, seed, layer, stop=False):
-        return vae_ops.reparameterize_kl(
-            mean,
-            log_var,
-            num_samples=num_samples,
-            seed=seeding.layer_seed(seed, layer),
-            stop_log_ratio_param_grad=stop,
-            implementation=self.implementation,
+        """The op on layer `layer`'s parameters, with that layer's seed."""
+        return self._reparameterize(
+            mean, log_var, num_samples, seeding.layer_seed(seed, layer), stop
         )
 
     def _posterior_samples(self, x, num_samples, seed, stop=False):
