@@ -39,6 +39,8 @@ COMPARISONS = (
     ("2-layer IWAE k=50", "IWAE k=50"),
     ("2-layer IWAE k=50", "2-layer VAE k=1"),
     ("2-layer VAE k=1", "VAE k=1"),
+    # Not an ordering of the paper's: the two changes side by side.
+    ("2-layer IWAE k=50", "IWAE k=50, DReG"),
 )
 
 
