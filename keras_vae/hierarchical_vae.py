@@ -201,10 +201,7 @@ class HierarchicalVAE(VAE):
             )
             z, _, _ = self._draw(prior_mean, prior_log_var, 1, step_seed, layer)
             z = z[0]
-        decoder_output = self.decoder(z)
-        if draw:
-            return self.likelihood.sample(decoder_output, seed=seeds)
-        return self.likelihood.mean(decoder_output)
+        return self._likelihood_output(self.decoder(z), seeds, draw)
 
     def posterior_means(self, x) -> list:
         """The posterior means of every layer, `[[B, D_1], ..., [B, D_L]]`,
