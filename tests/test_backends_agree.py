@@ -108,6 +108,13 @@ def test_the_two_layer_model_agrees_with_tensorflows(results, backend):
     assert_same(results, "hierarchical/", backend)
 
 
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_the_conditional_model_agrees_with_tensorflows(results, backend):
+    """Its DReG losses and gradients (the learned prior's included),
+    samples given labels and a training epoch."""
+    assert_same(results, "conditional/", backend)
+
+
 @pytest.mark.parametrize(
     "saved, loaded",
     [("tensorflow", "jax"), ("jax", "torch"), ("torch", "tf-loads")],

@@ -11,46 +11,16 @@ from keras import ops
 import keras_vae
 from helpers import tiny_vae
 
-NUM_CLASSES = 3
+NUM_CLASSES = tiny_vae.NUM_CLASSES
+conditional_vae = tiny_vae.build_conditional
 
 
 def numpy(t):
     return ops.convert_to_numpy(t)
 
 
-def conditional_vae(**kwargs):
-    """tiny_vae's sizes, given one-hot labels, with a learned prior; weights
-    drawn from fixed initializer seeds."""
-    init = lambda i: keras.initializers.GlorotUniform(seed=20 + i)  # noqa: E731
-    n, d = tiny_vae.INPUT_DIM, tiny_vae.LATENT_DIM
-
-    def with_labels(size):
-        inputs = [keras.Input((size,)), keras.Input((NUM_CLASSES,))]
-        return inputs, keras.layers.Concatenate()(inputs)
-
-    inputs, h = with_labels(n)
-    h = keras.layers.Dense(16, activation="tanh", kernel_initializer=init(0))(h)
-    encoder = keras.Model(inputs, keras_vae.layers.GaussianEncoderHead(
-        d, kernel_initializer=init(1))(h))
-    inputs, h = with_labels(d)
-    h = keras.layers.Dense(16, activation="tanh", kernel_initializer=init(2))(h)
-    decoder = keras.Model(
-        inputs, keras.layers.Dense(n, kernel_initializer=init(3))(h))
-    labels = keras.Input((NUM_CLASSES,))
-    prior = keras.Model(labels, keras_vae.layers.GaussianEncoderHead(
-        d, kernel_initializer=init(4),
-        bias_initializer=keras.initializers.RandomNormal(seed=30),
-    )(labels))
-    return keras_vae.ConditionalVAE(
-        encoder, decoder, prior=prior, num_classes=NUM_CLASSES, seed=0,
-        **kwargs,
-    )
-
-
 def data():
-    x = tiny_vae.data()
-    labels = np.arange(len(x)) % NUM_CLASSES
-    return x, labels
+    return tiny_vae.data(), tiny_vae.labels()
 
 
 def prior_gradients(model, gradients, variables):

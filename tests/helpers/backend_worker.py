@@ -78,6 +78,28 @@ def hierarchical(results):
         results[f"hierarchical/trained/{i:02d}"] = numpy(v)
 
 
+def conditional(results):
+    """A conditional model with a learned prior: its DReG losses and
+    gradients, samples given labels and a training epoch."""
+    model = tiny_vae.build_conditional(num_samples=3, objective="iwae",
+                                       gradient_estimator="dreg")
+    set_shared_weights(model)
+    x, labels = tiny_vae.data(), tiny_vae.labels()
+    gradients, _, losses, report = model.compute_gradients(
+        (x, labels), seed=SEED)
+    for key, value in {**losses, **report}.items():
+        results[f"conditional/terms/{key}"] = numpy(value)
+    for i, g in enumerate(gradients):
+        results[f"conditional/gradient/{i:02d}"] = numpy(g)
+    results["conditional/sample"] = numpy(
+        model.sample(3, condition=[0, 1, 2], seed=6))
+    model.compile(keras.optimizers.SGD(0.05))
+    history = model.fit(x, labels, batch_size=16, shuffle=False, verbose=0)
+    results["conditional/fit_loss"] = np.asarray(history.history["loss"])
+    for i, v in enumerate(model.trainable_variables):
+        results[f"conditional/trained/{i:02d}"] = numpy(v)
+
+
 def main(out, load=None):
     results = {}
     rng = np.random.default_rng(1)
@@ -117,6 +139,7 @@ def main(out, load=None):
             results[f"{name}/trained/{key}"] = numpy(v)
 
     hierarchical(results)
+    conditional(results)
     model.save(out.removesuffix(".npz") + ".keras")
     results["saved/sample"] = numpy(model.sample(4))
     results["saved/reconstruct"] = numpy(model.reconstruct(x[:2], 2, seed=5))

@@ -9,6 +9,7 @@ import keras_vae
 INPUT_DIM = 12
 LATENT_DIM = 3
 NUM_EXAMPLES = 32
+NUM_CLASSES = 3
 
 
 def data(seed=0, num_examples=NUM_EXAMPLES):
@@ -70,3 +71,38 @@ class BatchLosses(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.losses.append(float(logs["loss"]))
+
+
+def labels(num_examples=NUM_EXAMPLES):
+    """Class labels for `data`'s examples, `[num_examples]` in
+    `[0, NUM_CLASSES)`."""
+    return np.arange(num_examples) % NUM_CLASSES
+
+
+def build_conditional(**kwargs):
+    """A ConditionalVAE of `build`'s sizes, given one-hot labels, with a
+    learned prior; weights drawn from fixed initializer seeds."""
+    init = lambda i: keras.initializers.GlorotUniform(seed=20 + i)  # noqa: E731
+    n, d = INPUT_DIM, LATENT_DIM
+
+    def with_labels(size):
+        inputs = [keras.Input((size,)), keras.Input((NUM_CLASSES,))]
+        return inputs, keras.layers.Concatenate()(inputs)
+
+    inputs, h = with_labels(n)
+    h = keras.layers.Dense(16, activation="tanh", kernel_initializer=init(0))(h)
+    encoder = keras.Model(inputs, keras_vae.layers.GaussianEncoderHead(
+        d, kernel_initializer=init(1))(h))
+    inputs, h = with_labels(d)
+    h = keras.layers.Dense(16, activation="tanh", kernel_initializer=init(2))(h)
+    decoder = keras.Model(
+        inputs, keras.layers.Dense(n, kernel_initializer=init(3))(h))
+    one_hot = keras.Input((NUM_CLASSES,))
+    prior = keras.Model(one_hot, keras_vae.layers.GaussianEncoderHead(
+        d, kernel_initializer=init(4),
+        bias_initializer=keras.initializers.RandomNormal(seed=30),
+    )(one_hot))
+    return keras_vae.ConditionalVAE(
+        encoder, decoder, prior=prior, num_classes=NUM_CLASSES, seed=0,
+        **kwargs,
+    )
