@@ -231,12 +231,7 @@ class HierarchicalVAE(VAE):
         deserialize = keras.saving.deserialize_keras_object
         for key in ("encoders", "priors"):
             config[key] = [deserialize(c) for c in config[key]]
-        config["decoder"] = deserialize(config["decoder"])
-        if isinstance(config["beta"], dict):
-            config["beta"] = keras.optimizers.schedules.deserialize(
-                config["beta"]
-            )
-        return cls(**config)
+        return super().from_config(config)
 
 
 def _log_ratio_at_frozen_parameters(encoder, z_below, z):

@@ -1032,8 +1032,12 @@ class VAE(seeding.SavesSeedState, keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        # A subclass may hold its encoders under another key.
         for key in ("encoder", "decoder"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
+            if key in config:
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key]
+                )
         if isinstance(config["beta"], dict):
             config["beta"] = keras.optimizers.schedules.deserialize(
                 config["beta"]

@@ -105,7 +105,9 @@ def test_save_and_load_round_trip(tmp_path):
     p = lg.generative(rng, 3)
     model = lg.model(p, lg.perturbed(lg.exact_posterior(p), rng),
                      objective="iwae", num_samples=4,
-                     gradient_estimator="dreg", seed=5)
+                     gradient_estimator="dreg", seed=5,
+                     beta=keras.optimizers.schedules.PolynomialDecay(
+                         0.0, 100, 1.0))
     x = lg.data(p, rng, 32)
     model.compile(keras.optimizers.Adam(1e-2))
     model.fit(x, epochs=2, batch_size=16, verbose=0)
@@ -114,6 +116,7 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = keras_vae.load_model(path)
     assert type(loaded) is keras_vae.HierarchicalVAE
     assert loaded.gradient_estimator == "dreg" and loaded.num_samples == 4
+    assert loaded.beta.get_config() == model.beta.get_config()
     for method in ("iwae_bound", "elbo"):
         np.testing.assert_array_equal(
             np.asarray(getattr(loaded, method)(x, 4, seed=3)),
