@@ -163,12 +163,15 @@ def reparameterize_kl(
     if seed is not None and not ops.is_tensor(seed):
         # The seed forms of `keras_vae.seeding`: an int s is [s, 0].
         seed = seeding.seed_pair(seed)
+    if not (_on_tensorflow() and ops.is_tensor(num_samples)):
+        # Python ints are checked here, in the same words on every backend;
+        # TensorFlow's op checks its int32 tensors itself.
+        num_samples = check_num_samples(num_samples)
     if _on_tensorflow():
         return backend.reparameterize_kl(
             mean, log_var, num_samples, seed, stop_log_ratio_param_grad,
             implementation, name,
         )
-    num_samples = check_num_samples(num_samples)
     # NumPy arrays (and lists) become the backend's tensors, as in keras.ops.
     mean, log_var = ops.convert_to_tensor(mean), ops.convert_to_tensor(log_var)
     seed = _seed_pair(seed)

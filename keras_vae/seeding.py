@@ -9,7 +9,9 @@ One seed form is accepted everywhere a seed is taken (the op, `Sampling`,
   `keras.random`;
 - a pair of ints `[s0, s1]` (list, tuple or NumPy array).
 
-The op also takes an int32/int64 tensor of shape `[2]`.
+Where a seed generator is made from it (`Sampling`, `VAE`), a
+`keras.random.SeedGenerator` is taken too, and drawn from as is. The op also
+takes an int32/int64 tensor of shape `[2]`.
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ def seed_pair(seed: SeedLike, name: str = "seed") -> Optional[tuple]:
 def seed_generator(
     seed: SeedLike, name: Optional[str] = None
 ) -> keras.random.SeedGenerator:
-    """A `keras.random.SeedGenerator` starting at `seed` (any seed form).
+    """A `keras.random.SeedGenerator` starting at `seed` (any seed form),
+    or `seed` itself when it is one.
 
     Its first `next()` is `seed_pair(seed)`, then the second entry counts up.
     """
+    if isinstance(seed, keras.random.SeedGenerator):
+        return seed
     seed = normalize_seed(seed)
     if not isinstance(seed, tuple):
         return keras.random.SeedGenerator(seed, name=name)
@@ -98,7 +103,11 @@ def seed_generator(
 
 
 def config_seed(seed: SeedLike):
-    """`seed` in a JSON-friendly form for `get_config`."""
+    """`seed` in a JSON-friendly form for `get_config`: a
+    `keras.random.SeedGenerator` is saved as its initial seed (the state it
+    reached is saved with the weights, `SavesSeedState`)."""
+    if isinstance(seed, keras.random.SeedGenerator):
+        return seed.get_config()["seed"]
     seed = normalize_seed(seed)
     return list(seed) if isinstance(seed, tuple) else seed
 

@@ -5,10 +5,14 @@ same words."""
 import operator
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# The largest K: the kernels take the sample axis as an int32, as
+# TensorFlow's op does.
+MAX_NUM_SAMPLES = 2**31 - 1
 
 
 def check_num_samples(num_samples):
-    """num_samples as an int >= 1; a static int, since it sets z's shape."""
+    """num_samples as an int in [1, MAX_NUM_SAMPLES]; a static int, since it
+    sets z's shape. Bools are refused (True is not a count)."""
     try:
         k = operator.index(num_samples)
     except TypeError:
@@ -18,6 +22,11 @@ def check_num_samples(num_samples):
         ) from None
     if isinstance(num_samples, bool) or k < 1:
         raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if k > MAX_NUM_SAMPLES:
+        raise ValueError(
+            f"num_samples must be <= 2**31 - 1 = {MAX_NUM_SAMPLES} (the "
+            f"kernels' int32 sample axis), got {k}"
+        )
     return k
 
 

@@ -15,6 +15,8 @@ is ``tf.random.stateless_normal([K, *mean.shape], seed)`` drawn by the same
 kernels.
 """
 
+import functools
+
 import torch
 
 from keras_vae.backend._checks import (
@@ -71,7 +73,10 @@ def _forward(
     num_samples: int,
     stop_log_ratio_param_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean, log_var [..., D] f32/f64, seed int64 [2]) -> (z, kl, log_ratio).
+    """(mean, log_var [..., D], seed int64 [2]) -> (z, kl, log_ratio).
+
+    mean and log_var: float16, bfloat16, float32 or float64 (16-bit types
+    computed in float32); the outputs have their dtype.
 
     stop_log_ratio_param_grad changes the gradient only (the autograd
     formula reads it); the values are the same.
@@ -82,7 +87,27 @@ def _forward(
     )
 
 
-@_forward.register_kernel("cpu")
+def _in_float32_for_16_bit(kernel):
+    """``kernel`` for every float dtype of the op: 16-bit tensors are
+    computed in float32 and the outputs rounded once to the input dtype, as
+    on TensorFlow, so the real kernels return the dtype the fake ones say."""
+
+    @functools.wraps(kernel)
+    def wrapped(mean, *args):
+        dtype = mean.dtype
+        if dtype in _COMPUTE_DTYPES:
+            return kernel(mean, *args)
+
+        def widened(x):
+            is_float = isinstance(x, torch.Tensor) and x.dtype == dtype
+            return x.float() if is_float else x
+
+        outputs = kernel(widened(mean), *(widened(x) for x in args))
+        return tuple(x.to(dtype) for x in outputs)
+
+    return wrapped
+
+
 def _forward_cpu(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
     outputs = _kernels().cpu_forward(
         mean.detach().numpy(), log_var.detach().numpy(), num_samples,
@@ -100,6 +125,9 @@ def _forward_cuda(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
         *_seed_words(seed), stream=_cuda_stream(mean.device),
     )
     return z, kl, log_ratio
+
+
+_forward.register_kernel("cpu", _in_float32_for_16_bit(_forward_cpu))
 
 
 @_forward.register_fake
@@ -129,7 +157,6 @@ def _backward(
     )
 
 
-@_backward.register_kernel("cpu")
 def _backward_cpu(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
                   stop_log_ratio_param_grad):
     grads = _kernels().cpu_backward(
@@ -152,6 +179,9 @@ def _backward_cuda(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
     return grad_mean, grad_log_var
 
 
+_backward.register_kernel("cpu", _in_float32_for_16_bit(_backward_cpu))
+
+
 @_backward.register_fake
 def _backward_fake(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
                    stop_log_ratio_param_grad):
@@ -166,8 +196,10 @@ def _register_cuda_kernels():
     except ImportError:
         return
     if cuda:
-        _forward.register_kernel("cuda")(_forward_cuda)
-        _backward.register_kernel("cuda")(_backward_cuda)
+        _forward.register_kernel("cuda", _in_float32_for_16_bit(_forward_cuda))
+        _backward.register_kernel(
+            "cuda", _in_float32_for_16_bit(_backward_cuda)
+        )
 
 
 _register_cuda_kernels()
@@ -191,10 +223,11 @@ def _autograd_backward(ctx, grad_z, grad_kl, grad_log_ratio):
 _forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _seed(seed):
-    """seed as an int64 [2] CPU tensor (int32 words sign-extended).
+def _seed(seed, device="cpu"):
+    """seed as an int64 [2] tensor on ``device`` (int32 words sign-extended).
 
-    On the CPU, so that the ops dispatch on mean's device alone.
+    On mean's device, so that the ops dispatch on it alone; a CUDA seed for
+    CUDA tensors stays there (the kernels read it on the device).
     """
     if not isinstance(seed, torch.Tensor):
         try:
@@ -204,7 +237,9 @@ def _seed(seed):
                 f"seed must be a pair of ints or an int tensor, got {seed!r}"
             ) from e
     check_seed(_name(seed.dtype), seed.shape)
-    return seed.to(device="cpu", dtype=torch.int64)
+    # To a CUDA device without blocking (a blocking copy synchronizes).
+    to_cuda = torch.device(device).type == "cuda"
+    return seed.to(device=device, dtype=torch.int64, non_blocking=to_cuda)
 
 
 def _check(mean, log_var):
@@ -237,8 +272,9 @@ def reparameterize_kl(
         log_var: tensor of the shape, dtype and device of ``mean``.
         num_samples: K, a Python int >= 1.
         seed: a pair of Python ints or an int32/int64 tensor of shape
-            ``[2]`` (on any device; it is read on the host, so a CUDA seed
-            costs a synchronization). Words are sign-extended to 64 bits, so
+            ``[2]`` (on any device; it is moved to the device of ``mean``,
+            where the CUDA kernels read it: a CUDA seed costs no
+            synchronization). Words are sign-extended to 64 bits, so
             ``[-1, 2]`` draws what TensorFlow draws from ``[-1, 2]``. It gets
             no gradient. Under ``torch.compile`` pass a tensor: a new tensor
             value reuses the compiled graph, where new Python ints recompile
@@ -257,14 +293,11 @@ def reparameterize_kl(
     """
     _check(mean, log_var)
     num_samples = check_num_samples(num_samples)
-    seed = _seed(seed)
-    dtype = mean.dtype
-    compute = dtype if dtype in _COMPUTE_DTYPES else torch.float32
-    outputs = _forward(
-        mean.to(compute).contiguous(), log_var.to(compute).contiguous(), seed,
-        num_samples, bool(stop_log_ratio_param_grad),
+    seed = _seed(seed, mean.device)
+    return _forward(
+        mean.contiguous(), log_var.contiguous(), seed, num_samples,
+        bool(stop_log_ratio_param_grad),
     )
-    return tuple(x.to(dtype) for x in outputs)
 
 
 def reference_normal(shape, seed, dtype):

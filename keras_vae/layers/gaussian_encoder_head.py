@@ -36,7 +36,7 @@ class GaussianEncoderHead(keras.layers.Layer):
         `(..., input_dim)`.
 
     Output shape:
-        A list `[mean, log_var]`, each `(..., latent_dim)`.
+        A tuple `(mean, log_var)`, each `(..., latent_dim)`.
 
     Example:
 
@@ -88,11 +88,11 @@ class GaussianEncoderHead(keras.layers.Layer):
     def call(self, inputs):
         mean = self.mean_dense(inputs)
         log_var = ops.clip(self.log_var_dense(inputs), *self.log_var_range)
-        return [mean, log_var]
+        return (mean, log_var)
 
     def compute_output_shape(self, input_shape):
         shape = tuple(input_shape[:-1]) + (self.latent_dim,)
-        return [shape, shape]
+        return (shape, shape)
 
     def get_config(self):
         config = super().get_config()

@@ -11,8 +11,6 @@ from keras_vae.checks import check_implementation
 MODES = ("sample", "mean")
 
 
-
-
 @keras.saving.register_keras_serializable(package="keras_vae")
 class Sampling(seeding.SavesSeedState, keras.layers.Layer):
     """Draws z = mean + exp(0.5 * log_var) * eps with the fused op.
@@ -29,7 +27,9 @@ class Sampling(seeding.SavesSeedState, keras.layers.Layer):
             an int K >= 1 for K samples along a new leading axis (also for
             K=1).
         seed: the initial seed of the layer's seed generator: an int, a pair
-            of ints or `None` for a random one (see `keras_vae.seeding`).
+            of ints or `None` for a random one (see `keras_vae.seeding`), or
+            a `keras.random.SeedGenerator` to draw from, as `keras.random`
+            functions take (its initial seed is what `get_config` saves).
         mode: `"sample"` draws z; `"mean"` returns `mean` (broadcast to
             `[K, ...]` when `num_samples` is an int), the deterministic
             encoding for inference.
@@ -77,7 +77,8 @@ class Sampling(seeding.SavesSeedState, keras.layers.Layer):
         self.add_kl_loss = bool(add_kl_loss)
         self.implementation = implementation
         self.seed_generator = seeding.seed_generator(seed)
-        self.built = True
+        # Built now, unless a subclass creates weights in its own `build`.
+        self._build_at_init()
 
     def call(self, inputs):
         mean, log_var = inputs
