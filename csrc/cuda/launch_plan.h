@@ -15,7 +15,8 @@ constexpr int kWarpSize = 32;
 constexpr int kThreadsPerBlock = 256;
 
 struct LaunchPlan {
-  int group_width;    // forward: lanes that share one (k, n) row; backward: 1
+  int group_width;    // lanes that share one item: forward, a (k, n) row;
+                      // backward, an (n, chunk of d), its samples split
   bool vectorized;    // chunks of one Philox block are aligned to it
   int64_t threads;    // threads with work, before the grid is capped
   int64_t blocks;     // grid size actually launched
@@ -52,13 +53,33 @@ inline LaunchPlan forward_plan(const ReparamShape& s, int normals_per_block,
   return p;
 }
 
+// Backward: an item is (n, one Philox block's chunk of d); a group of G
+// lanes shares it, lane j taking the samples k = j, j + G, ..., and the
+// group reduces its partial sums with xor shuffles, in a fixed order. G
+// doubles (up to a warp, and no more than K) while the items alone would
+// leave resident threads idle, so that a small batch with many samples
+// still fills the device; G = 1 is the sequential sum over k.
+inline int backward_group_width(const ReparamShape& s, int64_t items,
+                                int64_t resident_blocks) {
+  const int64_t resident_threads =
+      std::max<int64_t>(1, resident_blocks) * kThreadsPerBlock;
+  int width = 1;
+  while (width < kWarpSize && 2 * width <= s.num_samples &&
+         items * width < resident_threads) {
+    width *= 2;
+  }
+  return width;
+}
+
 inline LaunchPlan backward_plan(const ReparamShape& s, int normals_per_block,
                                 bool aligned, int64_t resident_blocks) {
   LaunchPlan p;
-  p.group_width = 1;
   p.vectorized = aligned && s.dim % normals_per_block == 0;
   const int64_t chunks = (s.dim + normals_per_block - 1) / normals_per_block;
-  p.threads = s.rows * chunks;
+  const int64_t items = s.rows * chunks;
+  p.group_width = backward_group_width(s, items, resident_blocks);
+  const int64_t items_per_warp = kWarpSize / p.group_width;
+  p.threads = (items + items_per_warp - 1) / items_per_warp * kWarpSize;
   p.blocks = grid_blocks(p.threads, resident_blocks);
   return p;
 }

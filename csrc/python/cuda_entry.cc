@@ -106,38 +106,87 @@ void raise_if(const std::string& error) {
   if (!error.empty()) throw py::value_error(error);
 }
 
+// The seed as the kernels read it: two int64 (or int32, sign-extended) words
+// in device memory, never copied to the host.
+cuda::NoiseSeed device_seed(const py::handle& obj) {
+  if (!py::hasattr(obj, "__cuda_array_interface__")) {
+    throw py::type_error(
+        "seed must be a CUDA array of two int64 or int32 words (e.g. a "
+        "PyTorch CUDA tensor on the device of mean)");
+  }
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  const std::string typestr = cai["typestr"].cast<std::string>();
+  std::vector<int64_t> shape;
+  for (const auto& d : cai["shape"].cast<py::tuple>()) {
+    shape.push_back(d.cast<int64_t>());
+  }
+  if (shape != std::vector<int64_t>{2} ||
+      (typestr != "<i8" && typestr != "<i4")) {
+    throw py::value_error("seed must have shape (2,) and dtype int64 or "
+                          "int32, got typestr '" + typestr + "' and shape " +
+                          format_dims(shape, DimsStyle::kTuple));
+  }
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const py::tuple strides = cai["strides"].cast<py::tuple>();
+    if (strides[0].cast<int64_t>() != (typestr == "<i8" ? 8 : 4)) {
+      throw py::value_error("seed must be contiguous");
+    }
+  }
+  const void* words = reinterpret_cast<const void*>(
+      cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+  return typestr == "<i8"
+             ? cuda::NoiseSeed::on_device(static_cast<const int64_t*>(words))
+             : cuda::NoiseSeed::on_device(static_cast<const int32_t*>(words));
+}
+
+// The CUDA device holding `data`; a clear error if it is not device memory.
+int device_of(const void* data, const std::string& name) {
+  cudaPointerAttributes attr;
+  if (cudaPointerGetAttributes(&attr, data) != cudaSuccess ||
+      (attr.type != cudaMemoryTypeDevice &&
+       attr.type != cudaMemoryTypeManaged)) {
+    cudaGetLastError();  // clear the error of a host pointer
+    throw py::value_error(name + " is not in CUDA device memory");
+  }
+  return attr.device;
+}
+
 // Checks the shape contract (shapes.h) of mean, log_var and num_samples, and
-// every array against mean's dtype and device; returns the shapes of the
-// call and makes mean's device current for the launch.
+// every array (and the seed) against mean's dtype and device; returns the
+// shapes of the call and makes mean's device current for the launch. A
+// caller that knows the device of every array (PyTorch does) names it, and
+// the pointers are not queried: cudaPointerGetAttributes is a driver call.
 ReparamDims check_arrays(const std::vector<DeviceArray>& arrays,
-                         int64_t num_samples) {
+                         const cuda::NoiseSeed& seed, int64_t num_samples,
+                         int known_device) {
   const DeviceArray& mean = arrays[0];
   ReparamDims dims;
   raise_if(reparam_dims(mean.shape, arrays[1].shape, num_samples, &dims,
                         DimsStyle::kTuple));
-  int device = -1;
+  int device = known_device;
+  auto expect_device = [&](const void* data, const std::string& name) {
+    // Empty arrays may have no buffer.
+    if (data == nullptr || known_device >= 0) return;
+    const int on = device_of(data, name);
+    if (device >= 0 && on != device) {
+      throw py::value_error(name + " is on CUDA device " + std::to_string(on) +
+                            " but mean is on device " +
+                            std::to_string(device));
+    }
+    device = on;
+  };
   for (const DeviceArray& a : arrays) {
     if (a.dtype != mean.dtype) {
       throw py::type_error(a.name + " has dtype " + dtype_name(a.dtype) +
                            " but mean has " + dtype_name(mean.dtype));
     }
-    if (a.data == nullptr) continue;  // empty arrays may have no buffer
-    cudaPointerAttributes attr;
-    if (cudaPointerGetAttributes(&attr, a.data) != cudaSuccess ||
-        (attr.type != cudaMemoryTypeDevice &&
-         attr.type != cudaMemoryTypeManaged)) {
-      cudaGetLastError();  // clear the error of a host pointer
-      throw py::value_error(a.name + " is not in CUDA device memory");
-    }
-    if (device >= 0 && attr.device != device) {
-      throw py::value_error(a.name + " is on CUDA device " +
-                            std::to_string(attr.device) +
-                            " but mean is on device " +
-                            std::to_string(device));
-    }
-    device = attr.device;
+    expect_device(a.data, a.name);
   }
-  if (device >= 0 && cudaSetDevice(device) != cudaSuccess) {
+  expect_device(seed.device_words, "seed");
+  int current = -1;
+  if (device >= 0 && (cudaGetDevice(&current) != cudaSuccess ||
+                      current != device) &&
+      cudaSetDevice(device) != cudaSuccess) {
     throw std::runtime_error("cudaSetDevice failed");
   }
   return dims;
@@ -169,18 +218,18 @@ cudaError_t with_storage_type(DType dtype, F&& f) {
 
 void cuda_forward(py::handle mean, py::handle log_var, py::handle z,
                   py::handle kl, py::handle log_ratio, int64_t num_samples,
-                  uint64_t seed0, uint64_t seed1, uintptr_t stream,
-                  const std::string& dtype) {
+                  py::handle seed, uintptr_t stream, const std::string& dtype,
+                  int device) {
   const std::vector<DeviceArray> a = {
       device_array(mean, "mean", dtype, false),
       device_array(log_var, "log_var", dtype, false),
       device_array(z, "z", dtype, true),
       device_array(kl, "kl", dtype, true),
       device_array(log_ratio, "log_ratio", dtype, true)};
-  const ReparamDims dims = check_arrays(a, num_samples);
+  const cuda::NoiseSeed noise = device_seed(seed);
+  const ReparamDims dims = check_arrays(a, noise, num_samples, device);
   raise_if(check_forward_outputs(dims, a[2].shape, a[3].shape, a[4].shape,
                                  DimsStyle::kTuple));
-  const PhiloxStream noise = stream_from_seed(seed0, seed1);
   raise_if_failed(with_storage_type(a[0].dtype, [&](auto tag) {
     using T = decltype(tag);
     return cuda::reparam_kl_forward<T>(
@@ -192,9 +241,8 @@ void cuda_forward(py::handle mean, py::handle log_var, py::handle z,
 void cuda_backward(py::handle mean, py::handle log_var, py::handle grad_z,
                    py::handle grad_kl, py::handle grad_log_ratio,
                    py::handle grad_mean, py::handle grad_log_var,
-                   int64_t num_samples, uint64_t seed0, uint64_t seed1,
-                   bool stop_params, uintptr_t stream,
-                   const std::string& dtype) {
+                   int64_t num_samples, py::handle seed, bool stop_params,
+                   uintptr_t stream, const std::string& dtype, int device) {
   const std::vector<DeviceArray> a = {
       device_array(mean, "mean", dtype, false),
       device_array(log_var, "log_var", dtype, false),
@@ -203,14 +251,14 @@ void cuda_backward(py::handle mean, py::handle log_var, py::handle grad_z,
       device_array(grad_log_ratio, "grad_log_ratio", dtype, false),
       device_array(grad_mean, "grad_mean", dtype, true),
       device_array(grad_log_var, "grad_log_var", dtype, true)};
-  const ReparamDims dims = check_arrays(a, num_samples);
+  const cuda::NoiseSeed noise = device_seed(seed);
+  const ReparamDims dims = check_arrays(a, noise, num_samples, device);
   raise_if(check_upstream_grads(dims, a[2].shape, a[3].shape, a[4].shape,
                                 DimsStyle::kTuple));
   raise_if(expect_dims("grad_mean", dims.params, a[5].shape,
                        DimsStyle::kTuple));
   raise_if(expect_dims("grad_log_var", dims.params, a[6].shape,
                        DimsStyle::kTuple));
-  const PhiloxStream noise = stream_from_seed(seed0, seed1);
   raise_if_failed(with_storage_type(a[0].dtype, [&](auto tag) {
     using T = decltype(tag);
     return cuda::reparam_kl_backward<T>(
@@ -235,21 +283,24 @@ void register_cuda_entry(py::module_& m) {
   m.def("cuda_forward", &cuda_forward,
         "Fills z [K, ..., D], kl [...] and log_ratio [K, ...] from mean and "
         "log_var [..., D], asynchronously on `stream` (a cudaStream_t as an "
-        "int; 0 is the default stream). All arrays share one dtype and "
-        "device; bfloat16 buffers are passed as 2-byte views with "
-        "dtype='bfloat16'.",
+        "int; 0 is the default stream), without synchronizing: `seed` is a "
+        "CUDA array of two int64 or int32 words that the kernels read on the "
+        "device. All arrays share one dtype and device; bfloat16 buffers are "
+        "passed as 2-byte views with dtype='bfloat16'. `device`: the CUDA "
+        "device of every array when the caller knows it (the pointers are "
+        "then not queried), or -1.",
         py::arg("mean"), py::arg("log_var"), py::arg("z"), py::arg("kl"),
-        py::arg("log_ratio"), py::arg("num_samples"), py::arg("seed0"),
-        py::arg("seed1"), py::arg("stream") = 0, py::arg("dtype") = "");
+        py::arg("log_ratio"), py::arg("num_samples"), py::arg("seed"),
+        py::arg("stream") = 0, py::arg("dtype") = "", py::arg("device") = -1);
   m.def("cuda_backward", &cuda_backward,
         "Fills grad_mean and grad_log_var [..., D] from the upstream "
         "gradients of (z, kl, log_ratio), regenerating the noise from the "
         "seed; asynchronous on `stream` like cuda_forward.",
         py::arg("mean"), py::arg("log_var"), py::arg("grad_z"),
         py::arg("grad_kl"), py::arg("grad_log_ratio"), py::arg("grad_mean"),
-        py::arg("grad_log_var"), py::arg("num_samples"), py::arg("seed0"),
-        py::arg("seed1"), py::arg("stop_params") = false,
-        py::arg("stream") = 0, py::arg("dtype") = "");
+        py::arg("grad_log_var"), py::arg("num_samples"), py::arg("seed"),
+        py::arg("stop_params") = false, py::arg("stream") = 0,
+        py::arg("dtype") = "", py::arg("device") = -1);
   m.def(
       "cuda_launch_plan",
       [](int64_t rows, int64_t dim, int64_t num_samples, int itemsize,

@@ -5,7 +5,9 @@
 // their own vector math, and the two sum in different orders: results agree
 // within a tolerance relative to the magnitude of the terms summed. What a
 // GPU would get wrong silently (shuffle masks, exited lanes, barriers) the
-// emulation reports as errors, and each case fails on any.
+// emulation reports as errors, and each case fails on any; so is a launcher
+// that makes the host wait for the device (a copy to the host, a
+// synchronization).
 //
 // KVAE_CUDA_SOURCE names the .cu file (the mutation script passes a copy).
 #include "simt/simt.h"
@@ -17,6 +19,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
+#include <utility>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -31,6 +35,7 @@ namespace {
 using keras_vae::PhiloxStream;
 using keras_vae::ReparamShape;
 namespace kc = keras_vae::cuda;
+using kc::NoiseSeed;
 
 using keras_vae_test::g_failures;
 using keras_vae_test::near;
@@ -94,6 +99,63 @@ class Buffer {
   int offset_;
 };
 
+// Which buffers of a case are misaligned: bit i for the kernel's i-th buffer
+// (forward: mean, log_var, z, kl, log_ratio; backward: mean, log_var,
+// grad_z, grad_kl, grad_log_ratio, grad_mean, grad_log_var).
+using Misaligned = unsigned;
+constexpr Misaligned kAligned = 0, kAllMisaligned = ~0u;
+constexpr int kForwardBuffers = 5, kBackwardBuffers = 7;
+bool misaligned_at(Misaligned m, int buffer) { return (m >> buffer) & 1u; }
+
+std::string misalignment_name(Misaligned m, int buffers) {
+  if (m == kAligned) return "aligned";
+  if (m == kAllMisaligned) return "misaligned";
+  std::string out = "misaligned buffer";
+  for (int b = 0; b < buffers; ++b) {
+    if (misaligned_at(m, b)) out += " " + std::to_string(b);
+  }
+  return out;
+}
+
+// The seed of a case, as the launchers take it: a stream made on the host
+// (TensorFlow's op), or two words in device memory, int64 (JAX with x64,
+// PyTorch) or int32 (JAX by default), sign-extended.
+enum class SeedForm { kHost, kDeviceInt64, kDeviceInt32 };
+
+struct CaseSeed {
+  int64_t words64[2];
+  int32_t words32[2];
+  PhiloxStream stream;  // what the CPU kernels draw from
+  SeedForm form;
+
+  CaseSeed(int64_t w0, int64_t w1, SeedForm f) : form(f) {
+    if (f == SeedForm::kDeviceInt32) {
+      // int32 words; a negative one checks the sign extension.
+      w0 = -static_cast<int32_t>(w0 & 0x7fffffff);
+      w1 = static_cast<int32_t>(w1 & 0x7fffffff);
+    }
+    words64[0] = w0;
+    words64[1] = w1;
+    words32[0] = static_cast<int32_t>(w0);
+    words32[1] = static_cast<int32_t>(w1);
+    stream = keras_vae::stream_from_seed(static_cast<uint64_t>(w0),
+                                         static_cast<uint64_t>(w1));
+  }
+  NoiseSeed seed() const {
+    switch (form) {
+      case SeedForm::kHost: return stream;
+      case SeedForm::kDeviceInt64: return NoiseSeed::on_device(words64);
+      case SeedForm::kDeviceInt32: return NoiseSeed::on_device(words32);
+    }
+    return stream;
+  }
+  const char* name() const {
+    return form == SeedForm::kHost          ? "host seed"
+           : form == SeedForm::kDeviceInt64 ? "device s64 seed"
+                                            : "device s32 seed";
+  }
+};
+
 std::string describe(const char* what, const char* type, const ReparamShape& s,
                      const std::string& extra) {
   char buf[256];
@@ -111,19 +173,32 @@ void expect_no_emulator_errors(const std::string& where) {
   }
 }
 
+// (device, kernel) pairs whose occupancy a launcher has asked for.
+std::set<std::pair<int, const void*>> g_queried;
+
 // The launchers' grid: the plan for the stubbed device's resident blocks,
-// for the kernel they queried the occupancy of, one 256-thread block per
-// resident slot at most.
+// for the kernel they queried the occupancy of (once per device and kernel:
+// `queries_before` is the count before the launch), one 256-thread block
+// per resident slot at most.
 void expect_launch(const void* kernel, int64_t planned_blocks,
-                   const std::string& where) {
+                   int64_t queries_before, const std::string& where) {
   const simt::Launch& l = simt::last_launch();
   const simt::OccupancyQuery& q = simt::last_occupancy_query();
+  int device = -1;
+  cudaGetDevice(&device);
+  const bool first = g_queried.insert({device, kernel}).second;
+  const int64_t queries = simt::occupancy_query_count() - queries_before;
+  EXPECT(queries == (first ? 1 : 0),
+         "%s: %lld occupancy queries, want %d (once per device and kernel)",
+         where.c_str(), static_cast<long long>(queries), first ? 1 : 0);
+  if (first) {
+    EXPECT(q.kernel == kernel, "%s: occupancy queried for another kernel",
+           where.c_str());
+    EXPECT(q.block_size == kc::kThreadsPerBlock && q.shared_bytes == 0,
+           "%s: occupancy queried for %d threads, %zu bytes", where.c_str(),
+           q.block_size, q.shared_bytes);
+  }
   EXPECT(l.kernel == kernel, "%s: launched another kernel", where.c_str());
-  EXPECT(q.kernel == kernel, "%s: occupancy queried for another kernel",
-         where.c_str());
-  EXPECT(q.block_size == kc::kThreadsPerBlock && q.shared_bytes == 0,
-         "%s: occupancy queried for %d threads, %zu bytes", where.c_str(),
-         q.block_size, q.shared_bytes);
   EXPECT(l.block.x == kc::kThreadsPerBlock && l.block.y == 1 &&
              l.block.z == 1 && l.grid.y == 1 && l.grid.z == 1,
          "%s: block (%u,%u,%u) grid (%u,%u,%u)", where.c_str(), l.block.x,
@@ -133,21 +208,23 @@ void expect_launch(const void* kernel, int64_t planned_blocks,
 }
 
 // A device small enough to cap the grid (the kernels then loop, grid-stride)
-// or large enough not to.
+// or large enough not to; each its own ordinal, since launchers cache what
+// they ask of a device.
 simt::Device device(bool capped) {
   simt::Device d;
   d.multiprocessors = capped ? 1 : 132;
   d.blocks_per_multiprocessor = capped ? 2 : 8;
   return d;
 }
+void use_device(bool capped) { simt::set_device(device(capped), capped ? 0 : 1); }
 
 template <typename T>
 struct ForwardRun {
   Buffer<T> z, kl, log_ratio;
-  ForwardRun(const ReparamShape& s, bool misaligned)
-      : z(s.num_samples * s.rows * s.dim, misaligned),
-        kl(s.rows, misaligned),
-        log_ratio(s.num_samples * s.rows, misaligned) {}
+  ForwardRun(const ReparamShape& s, Misaligned m)
+      : z(s.num_samples * s.rows * s.dim, misaligned_at(m, 2)),
+        kl(s.rows, misaligned_at(m, 3)),
+        log_ratio(s.num_samples * s.rows, misaligned_at(m, 4)) {}
 };
 
 template <typename T>
@@ -199,32 +276,39 @@ void expect_forward_near(const ReparamShape& s, Buffer<T>& mean,
 }
 
 template <typename T>
-void forward_case(const ReparamShape& s, bool misaligned, bool capped) {
+void forward_case(const ReparamShape& s, Misaligned misaligned, bool capped,
+                  SeedForm seed_form = SeedForm::kDeviceInt64) {
   ++g_cases;
+  const CaseSeed seed(0x1234567890abcdefll + s.dim, 42 + s.rows, seed_form);
   const std::string where =
       describe("forward", TypeInfo<T>::kName, s,
-               std::string(misaligned ? "misaligned" : "aligned") +
-                   (capped ? " capped" : ""));
-  const PhiloxStream stream =
-      keras_vae::stream_from_seed(0x1234567890abcdefull + s.dim, 42 + s.rows);
+               misalignment_name(misaligned, kForwardBuffers) +
+                   (capped ? " capped " : " ") + seed.name());
+  const PhiloxStream stream = seed.stream;
   const int64_t params = s.rows * s.dim;
-  Buffer<T> mean(params, misaligned), log_var(params, misaligned);
+  Buffer<T> mean(params, misaligned_at(misaligned, 0)),
+      log_var(params, misaligned_at(misaligned, 1));
   mean.fill(1, -2.0, 2.0);
   log_var.fill(2, -3.0, 1.5);
   ForwardRun<T> got(s, misaligned), want(s, misaligned);
 
-  simt::set_device(device(capped));
-  const cudaError_t err = kc::reparam_kl_forward<T>(
-      s, mean.data(), log_var.data(), stream, got.z.data(), got.kl.data(),
-      got.log_ratio.data(), nullptr);
+  use_device(capped);
+  const int64_t queries = simt::occupancy_query_count();
+  cudaError_t err;
+  {
+    simt::NoHostWaits no_waits(where);
+    err = kc::reparam_kl_forward<T>(s, mean.data(), log_var.data(),
+                                    seed.seed(), got.z.data(), got.kl.data(),
+                                    got.log_ratio.data(), nullptr);
+  }
   EXPECT(err == cudaSuccess, "%s: %s", where.c_str(), cudaGetErrorString(err));
   expect_no_emulator_errors(where);
   const simt::Device dev = device(capped);
   const kc::LaunchPlan plan = kc::forward_plan(
-      s, kPerBlock<T>, !misaligned,
+      s, kPerBlock<T>, misaligned == kAligned,
       int64_t{dev.multiprocessors} * dev.blocks_per_multiprocessor);
   expect_launch(reinterpret_cast<const void*>(&kc::forward_kernel<T>),
-                plan.blocks, where);
+                plan.blocks, queries, where);
 
   keras_vae::cpu::reparam_kl_forward<T>(s, mean.data(), log_var.data(), stream,
                                         want.z.data(), want.kl.data(),
@@ -234,48 +318,70 @@ void forward_case(const ReparamShape& s, bool misaligned, bool capped) {
 }
 
 template <typename T>
-void backward_case(const ReparamShape& s, bool misaligned, bool capped,
-                   bool stop_params) {
+void backward_case(const ReparamShape& s, Misaligned misaligned, bool capped,
+                   bool stop_params,
+                   SeedForm seed_form = SeedForm::kDeviceInt64) {
   ++g_cases;
+  const CaseSeed seed(0x7edcba0987654321ll + s.dim, 7 + s.rows, seed_form);
   const std::string where = describe(
       "backward", TypeInfo<T>::kName, s,
-      std::string(misaligned ? "misaligned" : "aligned") +
-          (capped ? " capped" : "") + (stop_params ? " stop_params" : ""));
+      misalignment_name(misaligned, kBackwardBuffers) +
+          (capped ? " capped " : " ") + seed.name() +
+          (stop_params ? " stop_params" : ""));
   const double tol = TypeInfo<T>::kTolerance;
   const int64_t K = s.num_samples, N = s.rows, D = s.dim;
-  const PhiloxStream stream =
-      keras_vae::stream_from_seed(0xfedcba0987654321ull + s.dim, 7 + s.rows);
-  Buffer<T> mean(N * D, misaligned), log_var(N * D, misaligned);
+  const PhiloxStream stream = seed.stream;
+  auto at = [misaligned](int buffer) { return misaligned_at(misaligned, buffer); };
+  Buffer<T> mean(N * D, at(0)), log_var(N * D, at(1));
   mean.fill(1, -2.0, 2.0);
   log_var.fill(2, -3.0, 1.5);
-  Buffer<T> grad_z(K * N * D, misaligned), grad_kl(N, misaligned),
-      grad_log_ratio(K * N, misaligned);
+  Buffer<T> grad_z(K * N * D, at(2)), grad_kl(N, at(3)),
+      grad_log_ratio(K * N, at(4));
   grad_z.fill(3, -1.0, 1.0);
   grad_kl.fill(4, -1.0, 1.0);
   grad_log_ratio.fill(5, -1.0, 1.0);
-  Buffer<T> got_mean(N * D, misaligned), got_log_var(N * D, misaligned);
-  Buffer<T> want_mean(N * D, misaligned), want_log_var(N * D, misaligned);
+  Buffer<T> got_mean(N * D, at(5)), got_log_var(N * D, at(6));
+  Buffer<T> again_mean(N * D, at(5)), again_log_var(N * D, at(6));
+  Buffer<T> want_mean(N * D, false), want_log_var(N * D, false);
 
-  simt::set_device(device(capped));
-  const cudaError_t err = kc::reparam_kl_backward<T>(
-      s, mean.data(), log_var.data(), stream, grad_z.data(), grad_kl.data(),
-      grad_log_ratio.data(), stop_params, got_mean.data(), got_log_var.data(),
-      nullptr);
+  use_device(capped);
+  const int64_t queries = simt::occupancy_query_count();
+  cudaError_t err;
+  {
+    simt::NoHostWaits no_waits(where);
+    err = kc::reparam_kl_backward<T>(
+        s, mean.data(), log_var.data(), seed.seed(), grad_z.data(),
+        grad_kl.data(), grad_log_ratio.data(), stop_params, got_mean.data(),
+        got_log_var.data(), nullptr);
+  }
   EXPECT(err == cudaSuccess, "%s: %s", where.c_str(), cudaGetErrorString(err));
   expect_no_emulator_errors(where);
   const simt::Device dev = device(capped);
   const kc::LaunchPlan plan = kc::backward_plan(
-      s, kPerBlock<T>, !misaligned,
+      s, kPerBlock<T>, misaligned == kAligned,
       int64_t{dev.multiprocessors} * dev.blocks_per_multiprocessor);
   expect_launch(reinterpret_cast<const void*>(&kc::backward_kernel<T>),
-                plan.blocks, where);
+                plan.blocks, queries, where);
+
+  // Run after run, the same bits: the partial sums over k are reduced in a
+  // fixed order.
+  kc::reparam_kl_backward<T>(s, mean.data(), log_var.data(), seed.seed(),
+                             grad_z.data(), grad_kl.data(),
+                             grad_log_ratio.data(), stop_params,
+                             again_mean.data(), again_log_var.data(), nullptr);
+  expect_no_emulator_errors(where + " (again)");
+  EXPECT(std::memcmp(got_mean.data(), again_mean.data(), N * D * sizeof(T)) ==
+                 0 &&
+             std::memcmp(got_log_var.data(), again_log_var.data(),
+                         N * D * sizeof(T)) == 0,
+         "%s: a second run gave other bits", where.c_str());
 
   keras_vae::cpu::reparam_kl_backward<T>(
       s, mean.data(), log_var.data(), stream, grad_z.data(), grad_kl.data(),
       grad_log_ratio.data(), stop_params, want_mean.data(),
       want_log_var.data(), keras_vae::cpu::serial_for);
   // The noise, for the magnitudes of the terms: z of the CPU forward.
-  ForwardRun<T> fwd(s, misaligned);
+  ForwardRun<T> fwd(s, kAligned);
   keras_vae::cpu::reparam_kl_forward<T>(s, mean.data(), log_var.data(), stream,
                                         fwd.z.data(), fwd.kl.data(),
                                         fwd.log_ratio.data(),
@@ -324,7 +430,7 @@ void group_width_case(const ReparamShape& s, int group_width) {
   Buffer<T> mean(s.rows * s.dim, false), log_var(s.rows * s.dim, false);
   mean.fill(6, -2.0, 2.0);
   log_var.fill(7, -3.0, 1.5);
-  ForwardRun<T> got(s, false), want(s, false);
+  ForwardRun<T> got(s, kAligned), want(s, kAligned);
   const bool vectorized = s.dim % kPerBlock<T> == 0;
   // Two blocks' worth of threads at most: every width also loops.
   simt::launch(__FILE__, __LINE__, &kc::forward_kernel<T>, dim3(2),
@@ -339,6 +445,54 @@ void group_width_case(const ReparamShape& s, int group_width) {
   expect_forward_near(s, mean, log_var, got, want, where);
 }
 
+// The backward kernel itself at every group width: the plan picks one per
+// shape and device, but any power of two up to a warp must give the CPU
+// kernels' gradients (K = 50 leaves some lanes of the wider groups short by
+// one sample; K = 3 leaves some with none).
+template <typename T>
+void backward_group_width_case(const ReparamShape& s, int group_width) {
+  ++g_cases;
+  const std::string where = describe("backward_kernel", TypeInfo<T>::kName, s,
+                                     "group_width " +
+                                         std::to_string(group_width));
+  const int64_t K = s.num_samples, N = s.rows, D = s.dim;
+  const PhiloxStream stream = keras_vae::stream_from_seed(17, s.dim);
+  Buffer<T> mean(N * D, false), log_var(N * D, false), grad_z(K * N * D, false),
+      grad_kl(N, false), grad_log_ratio(K * N, false);
+  mean.fill(6, -2.0, 2.0);
+  log_var.fill(7, -3.0, 1.5);
+  grad_z.fill(8, -1.0, 1.0);
+  grad_kl.fill(9, -1.0, 1.0);
+  grad_log_ratio.fill(10, -1.0, 1.0);
+  Buffer<T> got_mean(N * D, false), got_log_var(N * D, false),
+      want_mean(N * D, false), want_log_var(N * D, false);
+  const bool vectorized = D % kPerBlock<T> == 0;
+  // Two blocks' worth of threads at most: every width also loops.
+  simt::launch(__FILE__, __LINE__, &kc::backward_kernel<T>, dim3(2),
+               dim3(kc::kThreadsPerBlock), 0, nullptr, s, mean.data(),
+               log_var.data(), NoiseSeed(stream), grad_z.data(),
+               grad_kl.data(), grad_log_ratio.data(), false, got_mean.data(),
+               got_log_var.data(), group_width, vectorized);
+  expect_no_emulator_errors(where);
+  keras_vae::cpu::reparam_kl_backward<T>(
+      s, mean.data(), log_var.data(), stream, grad_z.data(), grad_kl.data(),
+      grad_log_ratio.data(), false, want_mean.data(), want_log_var.data(),
+      keras_vae::cpu::serial_for);
+  // Terms of magnitude O(10) at most, K of them: an absolute tolerance.
+  const double tol = TypeInfo<T>::kTolerance * K;
+  int bad = 0;
+  for (int64_t i = 0; i < N * D; ++i) {
+    const double gm = to_double(got_mean[i]), wm = to_double(want_mean[i]);
+    const double gl = to_double(got_log_var[i]),
+                 wl = to_double(want_log_var[i]);
+    if ((!near(gm, wm, 10.0, tol) || !near(gl, wl, 10.0, tol)) && bad++ < 3) {
+      EXPECT(false, "%s: element %lld: grad_mean %g (CPU %g), grad_log_var "
+             "%g (CPU %g)", where.c_str(), static_cast<long long>(i), gm, wm,
+             gl, wl);
+    }
+  }
+}
+
 template <typename T>
 void matrix() {
   constexpr int P = kPerBlock<T>;
@@ -351,22 +505,34 @@ void matrix() {
       // Odd N; fewer rows where D is large, to keep the run short.
       const int64_t N = D >= 1000 ? 3 : (K >= 50 ? 5 : 37);
       const ReparamShape s{K, N, D};
-      for (bool misaligned : {false, true}) {
+      for (Misaligned misaligned : {kAligned, kAllMisaligned}) {
         // Capped and uncapped grids alternate over the cases, both for each
-        // (D, K).
+        // (D, K); so do the three forms of the seed.
         const bool capped = (variant++ % 2) == 0;
-        forward_case<T>(s, misaligned, capped);
-        backward_case<T>(s, misaligned, !capped, (variant % 4) < 2);
+        const SeedForm seed = static_cast<SeedForm>(variant % 3);
+        forward_case<T>(s, misaligned, capped, seed);
+        backward_case<T>(s, misaligned, !capped, (variant % 4) < 2, seed);
       }
     }
   }
+  // One buffer misaligned at a time, the others aligned, on a shape whose
+  // rows are whole Philox blocks (where the kernels would vectorize): a
+  // launcher that checks only some buffers before a vector access is caught
+  // by UndefinedBehaviorSanitizer's alignment check.
+  for (int b = 0; b < kBackwardBuffers; ++b) {
+    const Misaligned one = 1u << b;
+    if (b < kForwardBuffers) forward_case<T>({3, 5, 4 * P}, one, b % 2 == 0);
+    backward_case<T>({3, 5, 4 * P}, one, b % 2 == 1, b % 2 == 0);
+  }
   // D giving each group width of the plan (1, 2, 4, ..., 32 chunks).
   for (int64_t chunks : {1, 2, 3, 7, 15, 31}) {
-    forward_case<T>({2, 9, chunks * P}, false, true);
+    forward_case<T>({2, 9, chunks * P}, kAligned, true);
   }
   for (int width = 1; width <= kc::kWarpSize; width *= 2) {
     group_width_case<T>({3, 11, 5 * P + 1}, width);
     group_width_case<T>({2, 7, 4 * P}, width);
+    backward_group_width_case<T>({50, 37, 2 * P + 1}, width);
+    backward_group_width_case<T>({3, 41, 4 * P}, width);
   }
 }
 
@@ -455,7 +621,7 @@ void huge_forward_case(const ReparamShape& s) {
       for (int64_t d = 0; d < D; ++d) z[(k * N + n) * D + d] = nan;
     }
   }
-  simt::set_device(huge_device());
+  simt::set_device(huge_device(), 2);
   simt::run_only_last_blocks(kLastBlocks);
   const cudaError_t err = kc::reparam_kl_forward<T>(
       s, mean.data(), log_var.data(), stream, z.data(), kl.data(),
@@ -470,7 +636,7 @@ void huge_forward_case(const ReparamShape& s) {
   // of z and of the noise.
   const ReparamShape tail{1, rows, D};
   for (int64_t k = 0; k < K; ++k) {
-    ForwardRun<T> got(tail, false), want(tail, false);
+    ForwardRun<T> got(tail, kAligned), want(tail, kAligned);
     Buffer<T> tail_mean(rows * D, false), tail_log_var(rows * D, false);
     for (int64_t i = 0; i < rows * D; ++i) {
       tail_mean[i] = mean[n0 * D + i];
@@ -520,7 +686,7 @@ void huge_backward_case(const ReparamShape& s) {
     grad_kl[n] = from_double<T>(pattern(n + 3, -1.0, 1.0));
     grad_log_ratio[n] = from_double<T>(pattern(n + 4, -1.0, 1.0));
   }
-  simt::set_device(huge_device());
+  simt::set_device(huge_device(), 2);
   simt::run_only_last_blocks(kLastBlocks);
   const cudaError_t err = kc::reparam_kl_backward<T>(
       s, mean.data(), log_var.data(), stream, grad_z.data(), grad_kl.data(),

@@ -15,22 +15,14 @@ ffi::Error cuda_error(cudaError_t status, const char* what) {
                               cudaGetErrorString(status));
 }
 
-// The seed lives in device memory under XLA; the kernels take the Philox
-// stream by value, so its 16 bytes are read back first (in stream order).
-ffi::Error read_seed(cudaStream_t stream, ffi::AnyBuffer seed,
-                     PhiloxStream* out) {
-  int64_t host[2];  // room for two words of either type
-  if (auto e = cuda_error(cudaMemcpyAsync(host, seed.untyped_data(),
-                                          seed.size_bytes(),
-                                          cudaMemcpyDeviceToHost, stream),
-                          "copying the seed");
-      e.failure())
-    return e;
-  if (auto e = cuda_error(cudaStreamSynchronize(stream), "copying the seed");
-      e.failure())
-    return e;
-  *out = stream_from_seed_words(seed.element_type(), host);
-  return ffi::Error::Success();
+// The seed stays in device memory: the kernels read its words themselves,
+// so a call neither copies to the host nor synchronizes the stream, and XLA
+// may capture it in a command buffer (a CUDA graph).
+cuda::NoiseSeed device_seed(ffi::AnyBuffer seed) {
+  if (seed.element_type() == ffi::DataType::S32) {
+    return cuda::NoiseSeed::on_device(data<const int32_t>(seed));
+  }
+  return cuda::NoiseSeed::on_device(data<const int64_t>(seed));
 }
 
 ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
@@ -42,11 +34,10 @@ ffi::Error forward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
       mean, log_var, seed, *z, *kl, *log_ratio,
       [&](auto tag, const ReparamShape& shape) {
         using T = decltype(tag);
-        PhiloxStream noise;
-        if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
         return cuda_error(
             cuda::reparam_kl_forward<T>(shape, data<T>(mean),
-                                        data<T>(log_var), noise, data<T>(*z),
+                                        data<T>(log_var), device_seed(seed),
+                                        data<T>(*z),
                                         data<T>(*kl), data<T>(*log_ratio),
                                         stream),
             "launching the forward kernel");
@@ -63,11 +54,9 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
       mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
       [&](auto tag, const ReparamShape& shape) {
         using T = decltype(tag);
-        PhiloxStream noise;
-        if (auto e = read_seed(stream, seed, &noise); e.failure()) return e;
         return cuda_error(
             cuda::reparam_kl_backward<T>(
-                shape, data<T>(mean), data<T>(log_var), noise,
+                shape, data<T>(mean), data<T>(log_var), device_seed(seed),
                 data<T>(grad_z), data<T>(grad_kl), data<T>(grad_log_ratio),
                 stop_params, data<T>(*grad_mean), data<T>(*grad_log_var),
                 stream),
@@ -79,10 +68,15 @@ ffi::Error backward_cuda(cudaStream_t stream, ffi::AnyBuffer mean,
 }  // namespace xla_ffi
 }  // namespace keras_vae
 
+// Command-buffer compatible: a call only launches kernels on XLA's stream
+// (the occupancy the launchers need is asked once and cached, outside any
+// stream), so replaying a captured call is the call.
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlForwardCuda, keras_vae::xla_ffi::forward_cuda,
-    keras_vae::xla_ffi::forward_binding<::xla::ffi::PlatformStream<cudaStream_t>>());
+    keras_vae::xla_ffi::forward_binding<::xla::ffi::PlatformStream<cudaStream_t>>(),
+    {::xla::ffi::Traits::kCmdBufferCompatible});
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     KerasVaeReparamKlBackwardCuda, keras_vae::xla_ffi::backward_cuda,
-    keras_vae::xla_ffi::backward_binding<::xla::ffi::PlatformStream<cudaStream_t>>());
+    keras_vae::xla_ffi::backward_binding<::xla::ffi::PlatformStream<cudaStream_t>>(),
+    {::xla::ffi::Traits::kCmdBufferCompatible});

@@ -65,6 +65,14 @@ def _cuda_stream(device):
     return torch.cuda.current_stream(device).cuda_stream
 
 
+def _device_seed(seed, device):
+    """The seed on ``device``, where the CUDA kernels read its words: no
+    copy to the host and no synchronization. A seed already there (a Keras
+    seed generator's state, or any CUDA seed) is used as is, so the call can
+    be captured in a CUDA graph; a CPU seed is copied without blocking."""
+    return seed.to(device=device, dtype=torch.int64, non_blocking=True)
+
+
 @torch.library.custom_op("keras_vae::reparameterize_kl", mutates_args=())
 def _forward(
     mean: torch.Tensor,
@@ -116,13 +124,26 @@ def _forward_cpu(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
     return tuple(torch.from_numpy(x) for x in outputs)
 
 
+def _cuda_arrays(*tensors):
+    """The tensors as the CUDA entry takes them, and its dtype argument:
+    bfloat16 has no ``__cuda_array_interface__`` type, so its tensors go as
+    2-byte views named ``"bfloat16"``. The CUDA kernels take every float
+    dtype natively (16-bit ones computed in float32 and rounded once)."""
+    tensors = [t.detach() for t in tensors]
+    if tensors[0].dtype == torch.bfloat16:
+        return [t.view(torch.int16) for t in tensors], "bfloat16"
+    return tensors, ""
+
+
 def _forward_cuda(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
     z = mean.new_empty(with_sample_axis(mean.shape, num_samples))
     kl = mean.new_empty(mean.shape[:-1])
     log_ratio = mean.new_empty(with_sample_axis(mean.shape[:-1], num_samples))
+    arrays, dtype = _cuda_arrays(mean, log_var, z, kl, log_ratio)
     _kernels().cuda_forward(
-        mean.detach(), log_var.detach(), z, kl, log_ratio, num_samples,
-        *_seed_words(seed), stream=_cuda_stream(mean.device),
+        *arrays, num_samples, _device_seed(seed, mean.device),
+        stream=_cuda_stream(mean.device), dtype=dtype,
+        device=mean.device.index,
     )
     return z, kl, log_ratio
 
@@ -170,11 +191,13 @@ def _backward_cpu(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
 def _backward_cuda(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
                    stop_log_ratio_param_grad):
     grad_mean, grad_log_var = torch.empty_like(mean), torch.empty_like(log_var)
+    arrays, dtype = _cuda_arrays(mean, log_var, grad_z, grad_kl,
+                                 grad_log_ratio, grad_mean, grad_log_var)
     _kernels().cuda_backward(
-        mean.detach(), log_var.detach(), grad_z.detach(), grad_kl.detach(),
-        grad_log_ratio.detach(), grad_mean, grad_log_var, grad_z.shape[0],
-        *_seed_words(seed), stop_params=stop_log_ratio_param_grad,
-        stream=_cuda_stream(mean.device),
+        *arrays, grad_z.shape[0], _device_seed(seed, mean.device),
+        stop_params=stop_log_ratio_param_grad,
+        stream=_cuda_stream(mean.device), dtype=dtype,
+        device=mean.device.index,
     )
     return grad_mean, grad_log_var
 
@@ -196,10 +219,8 @@ def _register_cuda_kernels():
     except ImportError:
         return
     if cuda:
-        _forward.register_kernel("cuda", _in_float32_for_16_bit(_forward_cuda))
-        _backward.register_kernel(
-            "cuda", _in_float32_for_16_bit(_backward_cuda)
-        )
+        _forward.register_kernel("cuda", _forward_cuda)
+        _backward.register_kernel("cuda", _backward_cuda)
 
 
 _register_cuda_kernels()

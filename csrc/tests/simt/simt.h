@@ -17,8 +17,13 @@
 //   * deadlock, and an invalid launch configuration.
 //
 // The runtime calls the launchers make (device, attribute, occupancy, last
-// error) are stubs whose device size a test sets (simt::set_device), so a
-// test can force the kernels' grid-stride loops.
+// error) are stubs whose devices a test defines (simt::set_device), so a
+// test can force the kernels' grid-stride loops. The calls that make the host
+// wait for the device (cudaMemcpy, cudaMemcpyAsync to the host, stream,
+// event and device synchronization) work, as copies of host memory, but
+// inside a simt::NoHostWaits scope each is reported as an error: a launcher
+// or handler that calls one stalls every step on a GPU, and breaks CUDA
+// graph capture.
 #ifndef KERAS_VAE_CSRC_TESTS_SIMT_SIMT_H_
 #define KERAS_VAE_CSRC_TESTS_SIMT_SIMT_H_
 
@@ -45,12 +50,28 @@
 
 namespace simt {
 
-// What the stubbed runtime reports about "the device".
+// What the stubbed runtime reports about a device.
 struct Device {
   int multiprocessors = 4;
   int blocks_per_multiprocessor = 8;  // the occupancy query's answer
 };
-void set_device(const Device& device);
+constexpr int kMaxDevices = 8;
+// Defines device `ordinal` and makes it current (cudaSetDevice). Launchers
+// may cache what they ask of a device: a test gives each configuration an
+// ordinal of its own.
+void set_device(const Device& device, int ordinal = 0);
+// Occupancy queries answered so far, over all devices and kernels.
+int64_t occupancy_query_count();
+
+// While one exists, every host wait (see above) is an error naming `where`
+// and the call.
+class NoHostWaits {
+ public:
+  explicit NoHostWaits(std::string where);
+  ~NoHostWaits();
+  NoHostWaits(const NoHostWaits&) = delete;
+  NoHostWaits& operator=(const NoHostWaits&) = delete;
+};
 
 // One kernel launch, as the launch macro saw it.
 struct Launch {

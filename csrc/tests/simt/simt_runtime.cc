@@ -41,7 +41,10 @@ constexpr int kWarp = 32;
 constexpr size_t kStackBytes = 64 << 10;
 constexpr int kMaxThreadsPerBlock = 1024;
 
-Device g_device;
+Device g_devices[kMaxDevices];
+int g_current_device = 0;
+int64_t g_occupancy_queries = 0;
+std::vector<std::string> g_no_host_waits;  // the guards' scopes, innermost last
 Launch g_last_launch;
 OccupancyQuery g_last_query;
 int64_t g_launch_count = 0;
@@ -420,7 +423,25 @@ Block& running_block(const char* what, const char* file, int line) {
 
 }  // namespace
 
-void set_device(const Device& device) { g_device = device; }
+void set_device(const Device& device, int ordinal) {
+  if (ordinal < 0 || ordinal >= kMaxDevices) std::abort();
+  g_devices[ordinal] = device;
+  g_current_device = ordinal;
+}
+int64_t occupancy_query_count() { return g_occupancy_queries; }
+
+NoHostWaits::NoHostWaits(std::string where) {
+  g_no_host_waits.push_back(std::move(where));
+}
+NoHostWaits::~NoHostWaits() { g_no_host_waits.pop_back(); }
+
+// A call that makes the host wait for the device: an error inside a
+// NoHostWaits scope.
+void host_wait(const char* call) {
+  if (g_no_host_waits.empty()) return;
+  g_errors.push_back(g_no_host_waits.back() + ": " + call +
+                     " makes the host wait for the device");
+}
 const Launch& last_launch() { return g_last_launch; }
 const OccupancyQuery& last_occupancy_query() { return g_last_query; }
 int64_t launch_count() { return g_launch_count; }
@@ -513,16 +534,22 @@ void run_grid(const Launch& launch, const std::function<void()>& body) {
 extern "C" {
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = simt::g_current_device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= simt::kMaxDevices) return cudaErrorInvalidDevice;
+  simt::g_current_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr,
                                    int device) {
-  if (device != 0) return cudaErrorInvalidDevice;
+  if (device < 0 || device >= simt::kMaxDevices) return cudaErrorInvalidDevice;
   switch (attr) {
     case cudaDevAttrMultiProcessorCount:
-      *value = simt::g_device.multiprocessors;
+      *value = simt::g_devices[device].multiprocessors;
       return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock:
       *value = 1024;
@@ -539,8 +566,9 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
     int* num_blocks, const void* func, int block_size,
     size_t dynamic_shared_bytes, unsigned int /*flags*/) {
   simt::g_last_query = {func, block_size, dynamic_shared_bytes};
+  ++simt::g_occupancy_queries;
   if (block_size < 1 || block_size > 1024) return cudaErrorInvalidValue;
-  *num_blocks = simt::g_device.blocks_per_multiprocessor;
+  *num_blocks = simt::g_devices[simt::g_current_device].blocks_per_multiprocessor;
   return cudaSuccess;
 }
 
@@ -549,6 +577,46 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(
     size_t dynamic_shared_bytes) {
   return cudaOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(
       num_blocks, func, block_size, dynamic_shared_bytes, 0);
+}
+
+// Memory is host memory here: copies are memcpy. The ones a GPU would make
+// the host wait for are reported inside a NoHostWaits scope.
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count,
+                       cudaMemcpyKind kind) {
+  simt::host_wait("cudaMemcpy");
+  (void)kind;
+  std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count,
+                            cudaMemcpyKind kind, cudaStream_t /*stream*/) {
+  // To the host, the data is of use only once the host waits for it.
+  if (kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDefault) {
+    simt::host_wait("cudaMemcpyAsync to the host");
+  }
+  std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t /*stream*/) {
+  simt::host_wait("cudaStreamSynchronize");
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+  simt::host_wait("cudaDeviceSynchronize");
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t /*event*/) {
+  simt::host_wait("cudaEventSynchronize");
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t /*stream*/) {
+  simt::host_wait("cudaStreamQuery");
+  return cudaSuccess;
 }
 
 cudaError_t cudaGetLastError(void) {

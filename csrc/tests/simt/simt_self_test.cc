@@ -117,6 +117,8 @@ void launch(void (*kernel)(float), int threads) {
   KVAE_LAUNCH(kernel, 1, threads, 0, nullptr, 1.0f);
 }
 
+void host_waits();
+
 void checks() {
   launch(exited_lane_in_mask, 32);
   expect_error(kExitedLine, "names lane 3, which has exited", "exited lane");
@@ -144,6 +146,51 @@ void checks() {
   KVAE_LAUNCH(does_nothing, 0, 32, 0, nullptr);
   expect_error(empty_grid_line, "empty dimension", "empty grid");
   cudaGetLastError();
+  host_waits();
+}
+
+// Each call that makes the host wait for the device, inside a NoHostWaits
+// scope: one error each, naming the scope and the call. Outside, none.
+void host_waits() {
+  int64_t device_words[2] = {1, 2}, host_words[2] = {0, 0};
+  const struct {
+    const char* call;
+    cudaError_t (*run)(int64_t*, int64_t*);
+  } waits[] = {
+      {"cudaMemcpy", [](int64_t* d, int64_t* h) {
+         return cudaMemcpy(h, d, 16, cudaMemcpyDeviceToHost);
+       }},
+      {"cudaMemcpyAsync to the host", [](int64_t* d, int64_t* h) {
+         return cudaMemcpyAsync(h, d, 16, cudaMemcpyDeviceToHost, nullptr);
+       }},
+      {"cudaStreamSynchronize",
+       [](int64_t*, int64_t*) { return cudaStreamSynchronize(nullptr); }},
+      {"cudaDeviceSynchronize",
+       [](int64_t*, int64_t*) { return cudaDeviceSynchronize(); }},
+  };
+  for (const auto& w : waits) {
+    {
+      simt::NoHostWaits guard("the launcher");
+      EXPECT(w.run(device_words, host_words) == cudaSuccess, "%s failed",
+             w.call);
+    }
+    const std::vector<std::string> errors = simt::take_errors();
+    EXPECT(errors.size() == 1 &&
+               errors[0] == std::string("the launcher: ") + w.call +
+                                " makes the host wait for the device",
+           "%s in a NoHostWaits scope: %zu errors, first \"%s\"", w.call,
+           errors.size(), errors.empty() ? "" : errors[0].c_str());
+    w.run(device_words, host_words);
+    expect_no_errors(w.call);
+  }
+  EXPECT(host_words[1] == 2, "cudaMemcpy copies");
+  {
+    // A copy to the device is queued, not waited for.
+    simt::NoHostWaits guard("the launcher");
+    cudaMemcpyAsync(device_words, host_words, 16, cudaMemcpyHostToDevice,
+                    nullptr);
+  }
+  expect_no_errors("cudaMemcpyAsync to the device");
 }
 
 void what_works() {
