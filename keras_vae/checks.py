@@ -15,13 +15,21 @@ GRADIENT_ESTIMATORS = ("standard", "stl", "dreg")
 KL_ESTIMATORS = ("analytic", "mc")
 # The op's implementations (`keras_vae.ops.reparameterize_kl`).
 IMPLEMENTATIONS = ("auto", "fused", "reference")
+# The most samples of z per example that a model decodes at once: a
+# training step's K, and `elbo`'s, `iwae_bound`'s and `reconstruct`'s.
+# (`log_likelihood` draws any number, in chunks.)
+MAX_SAMPLES_AT_ONCE = 2**16
 
 
-def check_count(value, name: str = "num_samples", allow_none: bool = False):
+def check_count(
+    value, name: str = "num_samples", allow_none: bool = False,
+    maximum=None, why: str = "",
+):
     """`value` as a Python int >= 1 (or None when allowed).
 
-    Python and NumPy integers are accepted; bools, floats (even 5.0) and
-    anything below 1 raise a ValueError naming `name`.
+    Python and NumPy integers are accepted; bools, floats (even 5.0),
+    anything below 1 and anything above `maximum` (when given; `why` says
+    why in the message) raise a ValueError naming `name`.
     """
     if value is None and allow_none:
         return None
@@ -31,7 +39,21 @@ def check_count(value, name: str = "num_samples", allow_none: bool = False):
         or value < 1
     ):
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"{name} must be <= {maximum}{why}, got {value!r}"
+        )
     return int(value)
+
+
+def check_samples_at_once(num_samples):
+    """A model's `num_samples` that are decoded at once: an int in
+    [1, MAX_SAMPLES_AT_ONCE]."""
+    return check_count(
+        num_samples, maximum=MAX_SAMPLES_AT_ONCE,
+        why=" (the samples of every example are decoded at once; "
+        "log_likelihood draws more, in chunks)",
+    )
 
 
 def check_objective(objective, gradient_estimator, kl, free_bits):

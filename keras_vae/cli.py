@@ -379,7 +379,6 @@ def _load_data(config, batch_size, seed, download, limit=None,
 
 def train(args):
     import keras
-    import numpy as np
 
     from keras_vae import callbacks, plotting
 
@@ -388,7 +387,7 @@ def train(args):
     data_config = _data_config(args)
     data = _load_data(data_config, args.batch_size, args.seed, args.download,
                       limit=args.limit, labels=args.conditional)
-    steps_per_epoch = int(data.train.cardinality())
+    steps_per_epoch = -(-len(data.arrays["train"]) // args.batch_size)
     beta = args.beta
     if args.warmup_epochs:
         # The KL weight rises linearly from 0 to --beta over the warm-up.
@@ -435,14 +434,14 @@ def train(args):
     else:
         plotting.save_grid(
             samples_path,
-            np.asarray(model.sample(64, seed=args.seed)),
+            _numpy(model.sample(64, seed=args.seed)),
             columns=8, title="decoded draws from the prior (means of p(x|z))",
         )
     inputs = data.arrays["test"][:8]
     labels = data.arrays["test_labels"]
     plotting.save_reconstructions(
         os.path.join(args.output, "reconstructions.png"),
-        inputs, np.asarray(model.reconstruct(
+        inputs, _numpy(model.reconstruct(
             inputs, num_samples=args.reconstructions,
             **_condition(model, labels[:8]))),
         title="test inputs and reconstructions from z ~ q(z|x)",
@@ -451,7 +450,7 @@ def train(args):
         means, _ = model.encode(data.arrays["test"],
                                 **_condition(model, labels))
         plotting.save_latent_scatter(
-            os.path.join(args.output, "latent.png"), np.asarray(means),
+            os.path.join(args.output, "latent.png"), _numpy(means),
             data.arrays["test_labels"],
             title="posterior means of the test set",
             class_names=data.class_names,
@@ -534,7 +533,7 @@ def _save_class_samples(path, model, class_names, per_class, seed,
     from keras_vae import plotting
 
     labels = np.repeat(np.arange(len(class_names)), per_class)
-    images = np.asarray(
+    images = _numpy(
         model.sample(len(labels), condition=labels, seed=seed, draw=draw))
     what = "draws from p(x|z, c)" if draw else "means of p(x|z, c)"
     plotting.save_class_grid(
@@ -690,8 +689,7 @@ def sample(args):
             args.output, model, names, per_class=-(-args.num // len(names)),
             seed=seed, draw=args.draw)
     else:
-        images = np.asarray(model.sample(args.num, seed=seed,
-                                         draw=args.draw))
+        images = _numpy(model.sample(args.num, seed=seed, draw=args.draw))
         columns = int(np.ceil(np.sqrt(args.num)))
         what = "draws from p(x|z)" if args.draw else "means of p(x|z)"
         plotting.save_grid(
@@ -786,6 +784,14 @@ def bench(argv):
     from benchmarks.run import main as run_benchmarks
 
     return run_benchmarks(argv)
+
+
+def _numpy(x):
+    """A model's output as a NumPy array, from any backend's tensor (one on
+    a GPU, or one that PyTorch tracks for gradients, included)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(x)
 
 
 def _write_json(path, content):

@@ -215,6 +215,14 @@ def _load_npz(path):
             f"holds {sorted(arrays)}"
         )
     for split in splits:
+        if len(raw[f"x_{split}"]) == 0:
+            how = ("" if "x_train" in arrays else
+                   f" (its single array 'x', of shape {arrays['x'].shape}, is "
+                   "split 80/20 into train and test)")
+            raise ValueError(
+                f"{path}: the {split} split has no examples{how}; every "
+                "split needs at least one"
+            )
         labels = arrays.get(f"y_{split}")
         if labels is None:
             labels = np.full(len(raw[f"x_{split}"]), -1, dtype=np.int64)

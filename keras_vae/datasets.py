@@ -1,9 +1,14 @@
-"""Image datasets as `tf.data` pipelines with train, validation and test splits.
+"""Image datasets as pipelines with train, validation and test splits.
 
 `load(name, ...)` is the one entry point. Every split yields batches of images
 shaped `[batch, *image_shape]` (float32 in [0, 1]); the model needs no labels.
 With `labels=True` they yield `(images, labels)` instead, for a
 class-conditional model (`keras_vae.ConditionalVAE`).
+
+The pipelines are `tf.data.Dataset`s on the TensorFlow backend and
+`ArrayBatches` (a `keras.utils.PyDataset` of NumPy batches) on JAX and
+PyTorch, which need no TensorFlow. `fit`, `evaluate` and `log_likelihood`
+take either.
 
 Binarization follows Burda et al. (2015): with `binarize="dynamic"` each
 training pixel is resampled as Bernoulli(grey level) every epoch, while the
@@ -12,9 +17,10 @@ evaluations of different models see the same binary test set.
 """
 
 import dataclasses
+import math
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from keras_vae import data_files
 from keras_vae.data_files import BINARIZATIONS  # noqa: F401 - re-exported
@@ -34,11 +40,12 @@ class Splits:
 
     Attributes:
         name: the dataset's name.
-        train: `tf.data.Dataset` of shuffled training batches, binarized
-            afresh every epoch when `binarize="dynamic"`.
-        validation: `tf.data.Dataset` of validation batches, or `None` when
+        train: the shuffled training batches, binarized afresh every epoch
+            when `binarize="dynamic"`: a `tf.data.Dataset` on TensorFlow, an
+            `ArrayBatches` on the other backends.
+        validation: the validation batches, or `None` when
             `validation_fraction` was 0.
-        test: `tf.data.Dataset` of test batches.
+        test: the test batches.
         arrays: the images as NumPy float32 arrays in [0, 1], keys `"train"`
             (grey levels, before any dynamic binarization), `"validation"`,
             `"test"` (as the pipelines yield them), and the integer labels
@@ -53,9 +60,9 @@ class Splits:
     """
 
     name: str
-    train: tf.data.Dataset
-    validation: "tf.data.Dataset | None"
-    test: tf.data.Dataset
+    train: object
+    validation: object
+    test: object
     arrays: dict
     image_shape: tuple
     train_mean: np.ndarray
@@ -78,7 +85,8 @@ def load(
     limit=None,
     labels=False,
 ):
-    """Loads a dataset as `tf.data` pipelines with train/validation/test splits.
+    """Loads a dataset as pipelines with train/validation/test splits:
+    `tf.data` on TensorFlow, `ArrayBatches` on JAX and PyTorch.
 
     Args:
         name: `"digits"` (scikit-learn's bundled 8x8 digits; needs no
@@ -114,8 +122,8 @@ def load(
     Example:
 
     >>> data = keras_vae.datasets.load("digits", batch_size=64)
-    >>> next(iter(data.train)).shape
-    TensorShape([64, 8, 8, 1])
+    >>> tuple(next(iter(data.train)).shape)
+    (64, 8, 8, 1)
     """
     if name not in NAMES:
         raise ValueError(f"name must be one of {NAMES}, got {name!r}")
@@ -186,13 +194,18 @@ def load(
         _check_labels(name, y_train, y_val, y_test)
     pair = _with_labels if labels else lambda x, y: x  # noqa: E731
 
-    train = tf.data.Dataset.from_tensor_slices(pair(x_train, y_train))
-    train = train.shuffle(
-        len(x_train), seed=seed, reshuffle_each_iteration=True
-    )
-    train = train.batch(batch_size)
-    if binarize == "dynamic":
-        train = dynamic_binarization(train, seed)
+    dynamic = binarize == "dynamic"
+    if keras.backend.backend() == "tensorflow":
+        train = _tf_train_batches(
+            pair(x_train, y_train), batch_size, seed, dynamic
+        )
+        batches = _batches
+    else:
+        train = ArrayBatches(
+            pair(x_train, y_train), batch_size, shuffle_seed=seed,
+            binarize_seed=seed if dynamic else None,
+        )
+        batches = ArrayBatches
     arrays = {
         "train": x_train,
         "validation": x_val,
@@ -203,12 +216,12 @@ def load(
     }
     return Splits(
         name=name,
-        train=train.prefetch(tf.data.AUTOTUNE),
+        train=train,
         validation=(
             None if x_val is None
-            else _batches(pair(x_val, y_val), batch_size)
+            else batches(pair(x_val, y_val), batch_size)
         ),
-        test=_batches(pair(x_test, y_test), batch_size),
+        test=batches(pair(x_test, y_test), batch_size),
         arrays=arrays,
         image_shape=tuple(x_train.shape[1:]),
         train_mean=train_mean,
@@ -225,7 +238,10 @@ def dynamic_binarization(dataset, seed):
     stream that is rerandomized on each iteration, so each epoch sees new
     binary images while the whole run stays reproducible from `seed`.
     Batches of `(images, labels)` keep their labels as they are.
+    (TensorFlow; `ArrayBatches` does the same on any backend.)
     """
+    import tensorflow as tf
+
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
     def binary(images, batch_seed):
@@ -278,6 +294,87 @@ def _binarize_once(x, stream):
     return (rng.random(x.shape, dtype=np.float32) < x).astype(np.float32)
 
 
+def _tf_train_batches(x, batch_size, seed, dynamic):
+    import tensorflow as tf
+
+    train = tf.data.Dataset.from_tensor_slices(x)
+    train = train.shuffle(len(x[0] if isinstance(x, tuple) else x), seed=seed,
+                          reshuffle_each_iteration=True)
+    train = train.batch(batch_size)
+    if dynamic:
+        train = dynamic_binarization(train, seed)
+    return train.prefetch(tf.data.AUTOTUNE)
+
+
 def _batches(x, batch_size):
+    import tensorflow as tf
+
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of NumPy arrays, shuffled and binarized afresh every epoch.
+
+    The pipelines of `load` on JAX and PyTorch: Keras's own data adapters
+    feed them to `fit`, `evaluate` and `predict`, and TensorFlow is not
+    needed. An epoch's order and binary pixels depend only on the seeds and
+    the epoch's number (counted by `on_epoch_end`, which `fit` calls), so a
+    run is reproducible from its seed.
+
+    Args:
+        arrays: the images `[N, ...]`, or `(images, labels)` with the same
+            `N`; batches are then `(images, labels)` tuples.
+        batch_size: examples per batch, a positive int; the last batch
+            holds the rest.
+        shuffle_seed: `None` keeps the order; an int shuffles the examples
+            anew every epoch.
+        binarize_seed: `None` keeps the grey levels; an int resamples every
+            image pixel as Bernoulli(grey level) every epoch (Burda et al.
+            2015's dynamic binarization). Labels are kept as they are.
+
+    Example:
+
+    >>> batches = ArrayBatches(x_train, 100, shuffle_seed=0, binarize_seed=0)
+    >>> vae.fit(batches, epochs=10)
+    """
+
+    def __init__(self, arrays, batch_size, shuffle_seed=None,
+                 binarize_seed=None):
+        super().__init__()
+        self.arrays = tuple(arrays) if isinstance(arrays, tuple) else (arrays,)
+        self.batch_size = int(batch_size)
+        self.shuffle_seed = shuffle_seed
+        self.binarize_seed = binarize_seed
+        self.epoch = 0
+        self._order_epoch = None
+        self._epoch_order = None
+
+    def __len__(self):
+        return math.ceil(len(self.arrays[0]) / self.batch_size)
+
+    def _order(self):
+        """This epoch's order of the examples (made once per epoch)."""
+        if self._order_epoch != self.epoch:
+            n = len(self.arrays[0])
+            if self.shuffle_seed is None:
+                self._epoch_order = np.arange(n)
+            else:
+                rng = np.random.default_rng([self.shuffle_seed, self.epoch])
+                self._epoch_order = rng.permutation(n)
+            self._order_epoch = self.epoch
+        return self._epoch_order
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        rows = self._order()[index * self.batch_size:][: self.batch_size]
+        batch = [a[rows] for a in self.arrays]
+        if self.binarize_seed is not None:
+            rng = np.random.default_rng([self.binarize_seed, self.epoch, index])
+            uniform = rng.random(batch[0].shape, dtype=np.float32)
+            batch[0] = (uniform < batch[0]).astype(batch[0].dtype)
+        return batch[0] if len(batch) == 1 else tuple(batch)
+
+    def on_epoch_end(self):
+        self.epoch += 1

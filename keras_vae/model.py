@@ -8,12 +8,14 @@ import numpy as np
 from keras import ops
 
 from keras_vae import bounds
+from keras_vae import inference
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
 from keras_vae import seeding
 from keras_vae.checks import check_count
 from keras_vae.checks import check_implementation
 from keras_vae.checks import check_objective
+from keras_vae.checks import check_samples_at_once
 from keras_vae.seeding import next_seed
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
@@ -55,7 +57,7 @@ def _tf_function(method):
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(seeding.SavesSeedState, keras.Model):
+class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
     """Variational autoencoder: encoder q(z|x), decoder p(x|z), prior N(0, I).
 
     `fit` maximizes a lower bound on log p(x) per example:
@@ -165,7 +167,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        num_samples = check_count(num_samples)
+        num_samples = check_samples_at_once(num_samples)
         free_bits = check_objective(objective, gradient_estimator, kl, free_bits)
         if not isinstance(beta, _Schedule):
             if isinstance(beta, bool) or not float(beta) >= 0.0:
@@ -194,6 +196,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self._check_latent_sizes()
         self._build_from_networks()
         self._check_decoder_activation()
 
@@ -211,6 +214,27 @@ class VAE(seeding.SavesSeedState, keras.Model):
             input_shape = None
         if input_shape is not None:
             self.build(input_shape)
+
+    def _check_latent_sizes(self):
+        """Raises when the encoder's latent code and the decoder's input
+        differ in size (compared where both are known): otherwise only
+        `fit` would fail, with a generic shape message."""
+        try:
+            encoded = self.encoder.output_shape
+            decoded = self.latent_dim
+        except (AttributeError, ValueError, IndexError, TypeError):
+            return
+        if not (isinstance(encoded, (list, tuple)) and len(encoded) == 2
+                and isinstance(encoded[0], tuple) and encoded[0]):
+            return
+        shape = tuple(encoded[0])
+        if None not in (shape[-1], decoded) and shape[-1] != decoded:
+            raise ValueError(
+                f"The encoder outputs latent codes of size {shape[-1]} (its "
+                f"mean and log_var have shape {shape}), but the decoder "
+                f"takes inputs of size {decoded}; the decoder's input size "
+                "must be the encoder's latent size."
+            )
 
     def _check_decoder_activation(self):
         """A decoder ending in a sigmoid outputs probabilities, which a
@@ -268,6 +292,11 @@ class VAE(seeding.SavesSeedState, keras.Model):
         the first batch of a `tf.data.Dataset`.
         """
         x = ops.convert_to_tensor(x)
+        if x.shape and x.shape[0] == 0:
+            raise ValueError(
+                f"x has no examples (shape {tuple(x.shape)}); it needs at "
+                "least one"
+            )
         self._check_shapes(x)
         self.likelihood.check_support(x)
 
@@ -828,7 +857,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         Returns:
             `[num_samples, B, *event]`; the samples are not averaged.
         """
-        num_samples = check_count(num_samples)
+        num_samples = check_samples_at_once(num_samples)
         mean, log_var = self.encode(x)
         z, _, _ = self._reparameterize(
             mean, log_var, num_samples, self._seeds(seed).next()
@@ -839,7 +868,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self, x, num_samples: int = 1, seed: seeding.SeedLike = None
     ):
         """The K-sample ELBO of each example, `[B]`, with the model's KL."""
-        num_samples = check_count(num_samples)
+        num_samples = check_samples_at_once(num_samples)
         _, _, kl, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )
@@ -851,7 +880,7 @@ class VAE(seeding.SavesSeedState, keras.Model):
         self, x, num_samples: int = 1, seed: seeding.SeedLike = None
     ):
         """The K-sample importance-weighted bound of each example, `[B]`."""
-        num_samples = check_count(num_samples)
+        num_samples = check_samples_at_once(num_samples)
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, self._seeds(seed).next()
         )

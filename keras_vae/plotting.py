@@ -211,9 +211,7 @@ def latent_traversal(model, x, num_dims=8, steps=9, span=3.0, center=0):
     codes = np.repeat(codes, steps, axis=1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
-    decoded = np.asarray(
-        model.likelihood.mean(model.decode(codes.reshape(-1, means.shape[1])))
-    )
+    decoded = _decoded_means(model, codes.reshape(-1, means.shape[1]))
     return decoded.reshape((len(dims), steps) + decoded.shape[1:]), dims
 
 
@@ -224,7 +222,14 @@ def latent_interpolation(model, x_a, x_b, steps=10):
     means = np.asarray(model.encode(pair)[0])
     weights = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
     codes = (1.0 - weights) * means[0] + weights * means[1]
-    return np.asarray(model.likelihood.mean(model.decode(codes)))
+    return _decoded_means(model, codes)
+
+
+def _decoded_means(model, codes):
+    """E[x|z] for the codes, as NumPy (from any backend's tensor)."""
+    import keras
+
+    return keras.ops.convert_to_numpy(model.likelihood.mean(model.decode(codes)))
 
 
 def save_traversal(path, images, dims, title=None):
