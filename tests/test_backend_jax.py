@@ -26,6 +26,7 @@ backend = pytest.importorskip("keras_vae.backend.jax")
 
 _available, _why = backend.available()
 pytestmark = [
+    pytest.mark.backend_independent,
     pytest.mark.skipif(not ops.fused_available(), reason="no TF op to compare"),
     pytest.mark.skipif(not _available, reason=str(_why)),
 ]

@@ -14,6 +14,8 @@ import pytest
 from helpers.backend_worker import CONFIGS, config_name
 from helpers.processes import python_env, run_python
 
+pytestmark = pytest.mark.backend_independent
+
 BACKENDS = ("tensorflow", "jax", "torch")
 # float32 sums and matrix products in another order on each framework.
 RTOL, ATOL = 1e-4, 1e-5

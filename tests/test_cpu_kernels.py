@@ -21,6 +21,8 @@ import tensorflow as tf
 from helpers.numerics import assert_close, params
 from keras_vae import ops
 
+pytestmark = pytest.mark.backend_independent
+
 _kernels = pytest.importorskip("keras_vae._kernels")
 
 ALL_ISAS = ("scalar", "avx2", "avx512")

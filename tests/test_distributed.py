@@ -36,6 +36,8 @@ from helpers.processes import (
     wait_all,
 )
 
+pytestmark = pytest.mark.tensorflow_only("tf.distribute")
+
 WORKER = str(SCRIPTS_DIR / "distributed_worker.py")
 GLOBAL_BATCH = 8
 EPOCHS = 2

@@ -8,6 +8,8 @@ import pytest
 from benchmarks import results_table
 from keras_vae import evaluation
 
+pytestmark = pytest.mark.backend_independent
+
 
 def test_mean_stderr_and_paired_difference():
     values = np.array([1.0, 2.0, 4.0, 7.0])

@@ -16,10 +16,13 @@ from hypothesis.extra import numpy as hnp
 
 from keras_vae import ops
 
-pytestmark = pytest.mark.skipif(
-    not ops.fused_available(),
-    reason=f"the fused op library is not loaded: {ops.build_info()}",
-)
+pytestmark = [
+    pytest.mark.tensorflow_only("the TF op against the TensorFlow reference"),
+    pytest.mark.skipif(
+        not ops.fused_available(),
+        reason=f"the fused op library is not loaded: {ops.build_info()}",
+    ),
+]
 
 DTYPES = {
     "float16": tf.float16,

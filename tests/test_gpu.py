@@ -2,20 +2,23 @@
 
 Runs where PyTorch sees a CUDA device (marker ``gpu``); elsewhere only the
 host-side checks run (launch geometry, and the NumPy Philox oracle against the
-CPU kernel). Nothing here imports TensorFlow, so the file also runs in a
-CUDA image that has only PyTorch/CuPy and the module built with
-``-DKERAS_VAE_BUILD_TF_OP=OFF``.
+CPU kernel), and KERAS_VAE_REQUIRE_GPU=1 turns the skips into failures.
+Nothing here imports TensorFlow, so the file also runs in a CUDA image that
+has only PyTorch/CuPy and the module built with ``-DKERAS_VAE_BUILD_TF_OP=OFF``.
 """
 
 import numpy as np
 import pytest
 
 from benchmarks.gpu_bench import load_kernels
+from helpers.gpu import cuda_torch, signed_seed, unavailable
+
+pytestmark = pytest.mark.backend_independent
 
 
 _kernels = load_kernels()
 if _kernels is None or not _kernels.build_info()["cuda"]:
-    pytest.skip("keras_vae._kernels was built without CUDA", allow_module_level=True)
+    unavailable("keras_vae._kernels was built without CUDA", allow_module_level=True)
 
 
 # --- An independent NumPy oracle of the noise layout (reparam_kl.h) ---------
@@ -107,8 +110,25 @@ def test_grid_is_capped_by_residency(resident):
 def test_small_problem_launches_what_it_needs():
     plan = _kernels.cuda_launch_plan(2, 3, 1, 4, 1056)
     assert plan["forward"]["blocks"] == 1
-    assert plan["backward"]["threads"] == 2  # one 4-element chunk per row
+    # One 4-element chunk per row, one lane each (K = 1): one warp.
+    assert plan["backward"]["group_width"] == 1
+    assert plan["backward"]["threads"] == 32
     assert not plan["forward"]["vectorized"]  # D = 3 straddles Philox blocks
+
+
+@pytest.mark.parametrize(
+    "batch, dim, k, width",
+    # 128 x 32 x 50: 1,024 chunks; lanes split the 50 samples 32 ways. At
+    # 4096 x 256 x 16 the chunks nearly fill the device alone: 2 ways.
+    [(128, 32, 50, 32), (128, 32, 1, 1), (128, 32, 3, 2), (4096, 256, 16, 2),
+     (65536, 256, 16, 1)],
+)
+def test_backward_splits_samples_to_fill_the_device(batch, dim, k, width):
+    resident = 132 * 8  # an H100's 132 SMs, 8 blocks of 256 each
+    plan = _kernels.cuda_launch_plan(batch, dim, k, 4, resident)["backward"]
+    assert plan["group_width"] == width
+    chunks = batch * -(-dim // 4)
+    assert plan["threads"] == -(-chunks // (32 // width)) * 32
 
 
 def test_more_than_int32_elements_sizes_in_64_bits():
@@ -121,10 +141,7 @@ def test_more_than_int32_elements_sizes_in_64_bits():
 
 
 def _torch():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device visible to PyTorch")
-    return torch
+    return cuda_torch()
 
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -139,13 +156,19 @@ def _cuda_args(torch, *tensors, dtype):
     return list(tensors), {}
 
 
+def _device_seed(torch, seed, device):
+    """The seed's words in device memory, where the kernels read them."""
+    return torch.tensor(signed_seed(seed), dtype=torch.int64, device=device)
+
+
 def gpu_forward(torch, mean, log_var, k, seed=SEED, stream=0):
     z = torch.empty((k, *mean.shape), dtype=mean.dtype, device=mean.device)
     kl = torch.empty(mean.shape[:-1], dtype=mean.dtype, device=mean.device)
     lr = torch.empty((k, *mean.shape[:-1]), dtype=mean.dtype, device=mean.device)
     dtype = str(mean.dtype).replace("torch.", "")
     args, kw = _cuda_args(torch, mean, log_var, z, kl, lr, dtype=dtype)
-    _kernels.cuda_forward(*args, k, *seed, stream=stream, **kw)
+    _kernels.cuda_forward(*args, k, _device_seed(torch, seed, mean.device),
+                          stream=stream, **kw)
     torch.cuda.synchronize()
     return z, kl, lr
 
@@ -155,7 +178,8 @@ def gpu_backward(torch, mean, log_var, k, grads, stop=False, seed=SEED):
     g_lv = torch.empty_like(mean)
     dtype = str(mean.dtype).replace("torch.", "")
     args, kw = _cuda_args(torch, mean, log_var, *grads, g_mean, g_lv, dtype=dtype)
-    _kernels.cuda_backward(*args, k, *seed, stop_params=stop, **kw)
+    _kernels.cuda_backward(*args, k, _device_seed(torch, seed, mean.device),
+                           stop_params=stop, **kw)
     torch.cuda.synchronize()
     return g_mean, g_lv
 
@@ -268,9 +292,9 @@ def test_backward_matches_cpu_kernel(dtype, shape, stop):
     as_np = lambda t: t.double().cpu().numpy().astype(compute)  # noqa: E731
     ref_mean, ref_lv = _kernels.cpu_backward(
         as_np(mean), as_np(log_var), k, *SEED, *[as_np(g) for g in grads], stop)
-    # Both sum over k in the same order; they differ by eps (within 1e-5, times
-    # a derivative of at most ~20 for these inputs, per sample) and by one
-    # rounding to the storage type.
+    # They differ by eps (within 1e-5, times a derivative of at most ~20 for
+    # these inputs, per sample), by the order of the sum over k (the GPU's
+    # lanes split the samples), and by one rounding to the storage type.
     for got, ref, name in [(g_mean, ref_mean, "grad_mean"), (g_lv, ref_lv, "grad_log_var")]:
         _assert_within(got.double().cpu().numpy(), ref,
                        k * 20 * 1e-5 + 2 * ULP[dtype] * np.abs(ref), name)
@@ -353,17 +377,38 @@ def test_bad_arguments_are_named():
     torch = _torch()
     mean = torch.zeros((3, 4), device="cuda")
     z, kl, lr = (torch.empty(s, device="cuda") for s in [(2, 3, 4), (3,), (2, 3)])
+    seed = _device_seed(torch, (1, 2), "cuda")
     with pytest.raises(ValueError, match="z must have shape \\(2, 3, 4\\)"):
-        _kernels.cuda_forward(mean, mean, z[:1], kl, lr, 2, 1, 2)
+        _kernels.cuda_forward(mean, mean, z[:1], kl, lr, 2, seed)
     with pytest.raises(TypeError, match="log_var has dtype float64"):
-        _kernels.cuda_forward(mean, mean.double(), z, kl, lr, 2, 1, 2)
+        _kernels.cuda_forward(mean, mean.double(), z, kl, lr, 2, seed)
     with pytest.raises(TypeError, match="mean must be a CUDA array"):
-        _kernels.cuda_forward(np.zeros((3, 4), np.float32), mean, z, kl, lr, 2, 1, 2)
+        _kernels.cuda_forward(np.zeros((3, 4), np.float32), mean, z, kl, lr, 2, seed)
     with pytest.raises(ValueError, match="z must be C-contiguous"):
         _kernels.cuda_forward(mean, mean, z.transpose(1, 2).contiguous().transpose(1, 2),
-                              kl, lr, 2, 1, 2)
+                              kl, lr, 2, seed)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        _kernels.cuda_forward(mean, mean, z, kl, lr, 0, 1, 2)
+        _kernels.cuda_forward(mean, mean, z, kl, lr, 0, seed)
+    with pytest.raises(TypeError, match="seed must be a CUDA array"):
+        _kernels.cuda_forward(mean, mean, z, kl, lr, 2, np.array([1, 2]))
+    with pytest.raises(ValueError, match="seed must have shape \\(2,\\) and dtype"):
+        _kernels.cuda_forward(mean, mean, z, kl, lr, 2, seed.float())
+    with pytest.raises(ValueError, match="seed is not in CUDA device memory"):
+        _kernels.cuda_forward(mean, mean, z, kl, lr, 2, seed.cpu().pin_memory())
+
+
+@pytest.mark.gpu
+def test_int32_seed_is_sign_extended():
+    torch = _torch()
+    mean_np, lv_np = _params((3, 8))
+    mean, log_var = _to(torch, mean_np, "float32"), _to(torch, lv_np, "float32")
+    z64 = gpu_forward(torch, mean, log_var, 2, seed=(-5 % 2**64, 7))[0]
+    z32 = torch.empty_like(z64)
+    kl, lr = torch.empty(3, device="cuda"), torch.empty((2, 3), device="cuda")
+    seed32 = torch.tensor([-5, 7], dtype=torch.int32, device="cuda")
+    _kernels.cuda_forward(mean, log_var, z32, kl, lr, 2, seed32)
+    torch.cuda.synchronize()
+    assert torch.equal(z32, z64)
 
 
 @pytest.mark.gpu
@@ -374,7 +419,8 @@ def test_cupy_arrays_are_accepted():
     mean, log_var = cp.asarray(mean_np), cp.asarray(lv_np)
     z = cp.empty((2, 4, 12))
     kl, lr = cp.empty((4,)), cp.empty((2, 4))
-    _kernels.cuda_forward(mean, log_var, z, kl, lr, 2, *SEED,
+    seed = cp.asarray(signed_seed(SEED), dtype=cp.int64)
+    _kernels.cuda_forward(mean, log_var, z, kl, lr, 2, seed,
                           stream=cp.cuda.get_current_stream().ptr)
     z_ref, kl_ref, lr_ref = _kernels.cpu_forward(mean_np, lv_np, 2, *SEED)
     # float64: device and host log/sincos agree to a few ulps.

@@ -8,9 +8,12 @@ from helpers.numerics import params
 from keras_vae import ops
 
 _kernels = pytest.importorskip("keras_vae._kernels")
-pytestmark = pytest.mark.skipif(
-    not ops.fused_available(), reason="the fused op library is not loaded"
-)
+pytestmark = [
+    pytest.mark.backend_independent,
+    pytest.mark.skipif(
+        not ops.fused_available(), reason="the fused op library is not loaded"
+    ),
+]
 
 
 def _as_uint64(seed):

@@ -18,6 +18,10 @@ from helpers.numerics import params
 from keras_vae import ops
 from keras_vae.backend import tensorflow as tf_backend
 
+# The JAX and PyTorch ops are pinned to this one in test_backend_jax.py and
+# test_backend_torch.py.
+pytestmark = pytest.mark.tensorflow_only("the TF op against its oracles")
+
 tfd = tfp.distributions
 
 requires_fused = pytest.mark.skipif(

@@ -4,7 +4,11 @@ import inspect
 import pathlib
 import tomllib
 
+import pytest
+
 import keras_vae
+
+pytestmark = pytest.mark.backend_independent
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

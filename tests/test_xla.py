@@ -15,6 +15,8 @@ import tensorflow as tf
 import keras_vae
 from helpers import tiny_vae
 
+pytestmark = pytest.mark.tensorflow_only("the TF op and its XLA lowering")
+
 EPOCHS = 4
 
 requires_xla_lowering = pytest.mark.skipif(

@@ -27,10 +27,13 @@ from keras_vae.backend import tensorflow as tf_backend
 
 ALL_DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 
-pytestmark = pytest.mark.skipif(
-    not ops.fused_xla_available(),
-    reason=f"XLA lowerings not loaded: {ops.build_info()}",
-)
+pytestmark = [
+    pytest.mark.tensorflow_only("the TF op and its XLA lowering"),
+    pytest.mark.skipif(
+        not ops.fused_xla_available(),
+        reason=f"XLA lowerings not loaded: {ops.build_info()}",
+    ),
+]
 
 
 def _params(shape, dtype, seed):

@@ -19,12 +19,13 @@ SCRIPTS_DIR = Path(__file__).resolve().parent
 
 
 def python_env(**overrides):
-    """os.environ for a child Python: quiet, CPU-only, and with the tests'
-    helpers importable; `overrides` (None removes a variable) on top."""
+    """os.environ for a child Python: quiet, CPU-only, on the backend under
+    test, and with the tests' helpers importable; `overrides` (None removes a
+    variable) on top."""
     env = dict(os.environ)
     env.update(
         TF_CPP_MIN_LOG_LEVEL="2",
-        KERAS_BACKEND="tensorflow",
+        KERAS_BACKEND=os.environ.get("KERAS_BACKEND", "tensorflow"),
         CUDA_VISIBLE_DEVICES="-1",
         PYTHONPATH=os.pathsep.join(
             p for p in (str(SCRIPTS_DIR.parent), env.get("PYTHONPATH")) if p
