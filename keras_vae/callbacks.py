@@ -31,7 +31,9 @@ class ImageGrids(keras.callbacks.Callback):
         x: inputs to reconstruct, `[B, ...]` (a few, e.g. 8), or `None` for
             no reconstructions.
         directory: where to write the PNG files, or `None`.
-        log_dir: a TensorBoard log directory, or `None`.
+        log_dir: a TensorBoard log directory, or `None`. TensorBoard's
+            images are written with `tf.summary`: TensorFlow must be
+            installed, on any backend.
         every: epochs between grids, an int >= 1.
         num_samples: prior samples per grid.
         seed: seed of the prior samples and of the reconstructions' noise.
@@ -57,6 +59,15 @@ class ImageGrids(keras.callbacks.Callback):
 
         if directory is None and log_dir is None:
             raise ValueError("ImageGrids needs directory=, log_dir= or both")
+        if log_dir is not None:
+            try:
+                import tensorflow  # noqa: F401
+            except ImportError as e:
+                raise ImportError(
+                    "ImageGrids(log_dir=...) writes TensorBoard images with "
+                    "tf.summary, which needs TensorFlow installed (pip "
+                    "install tensorflow); directory= needs none"
+                ) from e
         self.x = None if x is None else np.asarray(x)
         self.directory = directory
         self.log_dir = log_dir

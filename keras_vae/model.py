@@ -1019,7 +1019,17 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
         encoder's input, so a model that has not been called yet exports
         too. Import `keras_vae` before loading a SavedModel whose graph
         holds the fused op (e.g. an encoder with a `Sampling` layer).
+        A SavedModel needs TensorFlow installed, on any backend.
         """
+        if format == "tf_saved_model":
+            try:
+                _tf()
+            except ImportError as e:
+                raise ImportError(
+                    "VAE.export writes a TensorFlow SavedModel, which needs "
+                    "TensorFlow installed (pip install tensorflow), on any "
+                    "backend"
+                ) from e
         if input_signature is None:
             try:
                 shape = self.encoder.input_shape
