@@ -16,6 +16,7 @@ Calling the layer returns `mean(decoder_output)`.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 __all__ = ["Likelihood", "Bernoulli", "Gaussian", "get", "serialize"]
@@ -33,13 +34,15 @@ class Likelihood(keras.layers.Layer):
 
     def check_support(self, x):
         """Raises ValueError unless every value of `x` is finite and in
-        `support`. `x`: an array or tensor (its min and max are taken)."""
-        x = ops.convert_to_tensor(x)
-        if int(ops.size(x)) == 0:
+        `support`. `x`: an array or tensor (its min and max are taken on
+        the host, with NumPy: one copy of a tensor, none of an array)."""
+        x = np.asarray(ops.convert_to_numpy(x) if not isinstance(
+            x, np.ndarray) else x)
+        if x.size == 0:
             return
-        x = ops.cast(x, "float32")
-        low = float(ops.min(x))
-        high = float(ops.max(x))
+        # NumPy's min and max propagate NaN, which then fails isfinite.
+        low = float(np.min(x))
+        high = float(np.max(x))
         name = type(self).__name__
         if not (math.isfinite(low) and math.isfinite(high)):
             raise ValueError(

@@ -12,25 +12,14 @@ from keras_vae import inference
 from keras_vae import likelihoods as likelihoods_module
 from keras_vae import ops as vae_ops
 from keras_vae import seeding
+from keras_vae import training
 from keras_vae.checks import check_count
 from keras_vae.checks import check_implementation
 from keras_vae.checks import check_objective
 from keras_vae.checks import check_samples_at_once
-from keras_vae.seeding import next_seed
+from keras_vae.training.trainer import NonfiniteGuardState
 
 _Schedule = keras.optimizers.schedules.LearningRateSchedule
-# The non-finite check's message, around the failing step's number.
-_NONFINITE_HEAD = (
-    "keras_vae: the loss or a gradient is NaN or Inf at training step "
-    "(counted from 1)"
-)
-_NONFINITE_TAIL = (
-    "; the weights were not updated. Look for NaN/Inf in the data or a "
-    "diverging learning rate (stop_on_nonfinite=False turns this check off)."
-)
-# The JAX train step's log of whether it was finite, read and dropped by the
-# train function.
-_FINITE_LOG = "_keras_vae_finite"
 # Bytes of decoder activations one batch of `log_likelihood` may hold.
 LOG_LIKELIHOOD_MEMORY_BUDGET = 256 * 2**20
 
@@ -57,7 +46,10 @@ def _tf_function(method):
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
+class VAE(
+    inference.InferenceMethods, seeding.SavesSeedState, training.Trainer,
+    keras.Model,
+):
     """Variational autoencoder: encoder q(z|x), decoder p(x|z), prior N(0, I).
 
     `fit` maximizes a lower bound on log p(x) per example:
@@ -118,11 +110,15 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
         implementation: the op's implementation, see
             `keras_vae.ops.reparameterize_kl`.
         stop_on_nonfinite: if True (the default), a training step whose loss
-            or gradients hold a NaN or Inf stops `fit` with an
-            InvalidArgumentError naming the step, before the update reaches
-            the weights. Under a `LossScaleOptimizer` (mixed float16) only
-            the loss is checked: that optimizer skips the steps whose scaled
-            gradients overflow, by design.
+            or gradients hold a NaN or Inf stops `fit` with an error naming
+            the step (TensorFlow's InvalidArgumentError, a
+            FloatingPointError on JAX and PyTorch); the weights and the
+            optimizer's state are those of the step before, with any
+            `steps_per_execution`. Compiled steps carry the first bad step
+            and skip every update after it, so no step waits for the host
+            (`keras_vae.training`). Under a `LossScaleOptimizer` (mixed
+            float16) only the loss is checked: that optimizer skips the
+            steps whose scaled gradients overflow, by design.
         **kwargs: `keras.Model` keyword arguments, such as `name`.
 
     Metrics (reset each epoch): `loss`; `elbo` or `iwae`, the bound;
@@ -196,6 +192,7 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
         self.bound_tracker = keras.metrics.Mean(name=objective)
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        self._nonfinite_guard = NonfiniteGuardState()
         self._check_latent_sizes()
         self._build_from_networks()
         self._check_decoder_activation()
@@ -291,7 +288,8 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
         `evaluate` and `log_likelihood` run it on their array input, or on
         the first batch of a `tf.data.Dataset`.
         """
-        x = ops.convert_to_tensor(x)
+        if not isinstance(x, np.ndarray):
+            x = ops.convert_to_tensor(x)
         if x.shape and x.shape[0] == 0:
             raise ValueError(
                 f"x has no examples (shape {tuple(x.shape)}); it needs at "
@@ -325,6 +323,7 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
     def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
         self._check_input(x if y is None else (x, y))
         self._check_input(validation_data)
+        self._nonfinite_guard.reset()
         return super().fit(
             x, y, *args, validation_data=validation_data, **kwargs
         )
@@ -454,48 +453,10 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
             losses = {k: v + regularization for k, v in losses.items()}
         return losses, report
 
-    def _update_metrics(self, loss, report, sample_weight):
-        batch_size = ops.shape(report["bound"])[0]
-        self.loss_tracker.update_state(loss, sample_weight=batch_size)
-        for tracker, values in (
-            (self.bound_tracker, report["bound"]),
-            (self.reconstruction_tracker, report["reconstruction"]),
-            (self.kl_tracker, report["kl"]),
-        ):
-            tracker.update_state(values, sample_weight=sample_weight)
-        return _replica_logs({m.name: m.result() for m in self.metrics})
-
-    def _scaled(self, loss):
-        if _backend() == "tensorflow":
-            # Keras's convention under tf.distribute: each replica's loss is
-            # divided by the replica count, and the gradients are summed.
-            # (JAX's distribution computes one global loss.)
-            replicas = _tf().distribute.get_strategy().num_replicas_in_sync
-            if replicas > 1:
-                loss = loss / replicas
-        # Before compile there is no optimizer, hence no loss scaling.
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None:
-            return loss
-        return optimizer.scale_loss(loss)
-
     @property
     def inference_networks(self) -> list:
         """The networks of q(z|x), which DReG trains on its encoder loss."""
         return [self.encoder]
-
-    def _encoder_mask(self):
-        """Per trainable variable, whether the encoder loss trains it: with
-        DReG the encoder's variables, otherwise none."""
-        variables = self.trainable_variables
-        if self.gradient_estimator != "dreg":
-            return [False] * len(variables)
-        encoder_ids = {
-            id(v)
-            for network in self.inference_networks
-            for v in network.trainable_variables
-        }
-        return [id(v) in encoder_ids for v in variables]
 
     def compute_gradients(self, x, sample_weight=None, seed=None):
         """Gradients of the training loss for one batch, without applying them.
@@ -510,306 +471,12 @@ class VAE(inference.InferenceMethods, seeding.SavesSeedState, keras.Model):
 
         Returns:
             `(gradients, variables, losses, report)`: `variables` are
-            `self.trainable_variables`; see `train_step`.
+            `self.trainable_variables`; `losses` holds `"loss"` (and, for
+            DReG, `"encoder_loss"`), `report` the per-example bound,
+            reconstruction and KL.
         """
-        backend = _backend()
-        if backend == "jax":
-            values = lambda vs: [v.value for v in vs]  # noqa: E731
-            optimizer = getattr(self, "optimizer", None)
-            gradients, losses, report, non_trainable = self._jax_gradients(
-                values(self.trainable_variables),
-                values(self.non_trainable_variables),
-                values(optimizer.variables) if optimizer else [],
-                x,
-                sample_weight,
-                seed,
-            )
-            for variable, value in zip(
-                self.non_trainable_variables, non_trainable
-            ):
-                variable.assign(value)
-            return gradients, self.trainable_variables, losses, report
-        if seed is None:
-            seed = next_seed(self.seed_generator)
-        if backend == "torch":
-            return self._torch_gradients(x, sample_weight, seed)
-        tf = _tf()
-        mask = self._encoder_mask()
-        with tf.GradientTape(persistent=any(mask)) as tape:
-            losses, report = self._objective(x, sample_weight, seed)
-            scaled = {k: self._scaled(v) for k, v in losses.items()}
-        gradients = _split_gradients(
-            mask,
-            self.trainable_variables,
-            lambda vs: tape.gradient(scaled["encoder_loss"], vs),
-            lambda vs: tape.gradient(scaled["loss"], vs),
-        )
-        del tape
-        return gradients, self.trainable_variables, losses, report
-
-    def _torch_gradients(self, x, sample_weight, seed):
-        import torch
-
-        losses, report = self._objective(x, sample_weight, seed)
-        scaled = {k: self._scaled(v) for k, v in losses.items()}
-        mask = self._encoder_mask()
-
-        def gradient(loss, retain):
-            def of(variables):
-                if not variables:
-                    return []
-                grads = torch.autograd.grad(
-                    loss,
-                    [v.value for v in variables],
-                    retain_graph=retain,
-                    allow_unused=True,
-                )
-                return [
-                    torch.zeros_like(v.value) if g is None else g
-                    for v, g in zip(variables, grads)
-                ]
-
-            return of
-
-        gradients = _split_gradients(
-            mask,
-            self.trainable_variables,
-            gradient(scaled.get("encoder_loss"), retain=True),
-            gradient(scaled["loss"], retain=False),
-        )
-        return gradients, self.trainable_variables, losses, report
-
-    def _stateless_scope(self, *pairs):
-        mapping = []
-        for variables, values in pairs:
-            mapping.extend(zip(variables, values))
-        return keras.StatelessScope(state_mapping=mapping, collect_losses=True)
-
-    def _jax_gradients(
-        self,
-        trainable,
-        non_trainable,
-        optimizer_variables,
-        x,
-        sample_weight,
-        seed=None,
-    ):
-        """Gradients as pure functions of the variables' values (JAX).
-
-        One forward pass, two pullbacks for DReG: the encoder's variables
-        take the encoder loss's cotangent, the others the loss's.
-
-        Returns:
-            `(gradients, losses, report, non_trainable)`, the last the
-            non-trainable values after the step (the seed advanced).
-        """
-        import jax
-
-        optimizer = getattr(self, "optimizer", None)
-
-        def forward(trainable):
-            with self._stateless_scope(
-                (self.trainable_variables, trainable),
-                (self.non_trainable_variables, non_trainable),
-                (optimizer.variables if optimizer else [], optimizer_variables),
-            ) as scope:
-                step_seed = next_seed(self.seed_generator) if seed is None else seed
-                losses, report = self._objective(x, sample_weight, step_seed)
-                scaled = {k: self._scaled(v) for k, v in losses.items()}
-            new_non_trainable = [
-                scope.get_current_value(v) for v in self.non_trainable_variables
-            ]
-            return scaled, (losses, report, new_non_trainable)
-
-        scaled, pullback, (losses, report, new_non_trainable) = jax.vjp(
-            forward, trainable, has_aux=True
-        )
-
-        def gradient(name):
-            (gradients,) = pullback(
-                {
-                    k: ops.ones_like(v) if k == name else ops.zeros_like(v)
-                    for k, v in scaled.items()
-                }
-            )
-            return gradients
-
-        gradients = gradient("loss")
-        mask = self._encoder_mask()
-        if any(mask):
-            # Unused entries of each pullback are pruned under jit.
-            encoder_gradients = gradient("encoder_loss")
-            gradients = [
-                e if m else g
-                for m, e, g in zip(mask, encoder_gradients, gradients)
-            ]
-        return gradients, losses, report, new_non_trainable
-
-    def _finite_inputs(self, loss, gradients):
-        """What the non-finite check looks at: the loss, and the gradients
-        unless a LossScaleOptimizer skips overflowing steps itself."""
-        checked = [loss]
-        if not isinstance(
-            self.optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            checked += [g for g in gradients if g is not None]
-        return checked
-
-    def _all_finite(self, tensors):
-        return ops.all(
-            ops.stack([ops.all(ops.isfinite(t)) for t in tensors])
-        )
-
-    def _nonfinite_check(self, loss, gradients):
-        """A TensorFlow op that fails unless the loss and gradients are
-        finite."""
-        finite = self._all_finite(self._finite_inputs(loss, gradients))
-        step = self.optimizer.iterations + 1
-        return _tf().debugging.Assert(
-            finite, [_NONFINITE_HEAD, step, _NONFINITE_TAIL]
-        )
-
-    def train_step(self, *args):
-        """One training step: Keras's `train_step(data)` on TensorFlow and
-        PyTorch, the stateless `train_step(state, data)` on JAX."""
-        if _backend() == "jax":
-            return self._jax_train_step(*args)
-        (data,) = args
-        inputs, sample_weight = self._unpack_data(data)
-        gradients, variables, losses, report = self.compute_gradients(
-            inputs, sample_weight
-        )
-        if _backend() == "torch":
-            self._torch_apply(gradients, variables, losses["loss"])
-        elif not self.stop_on_nonfinite:
-            self.optimizer.apply_gradients(zip(gradients, variables))
-        else:
-            tf = _tf()
-            # The optimizer's variables are created outside the check's
-            # control context, from which XLA cannot lift them.
-            if not self.optimizer.built:
-                self.optimizer.build(variables)
-            check = self._nonfinite_check(losses["loss"], gradients)
-            # The update (weights and step counter) waits on the check, so a
-            # failing step raises before it changes anything.
-            with tf.control_dependencies([check]):
-                self.optimizer.apply_gradients(zip(gradients, variables))
-        return self._update_metrics(losses["loss"], report, sample_weight)
-
-    def _torch_apply(self, gradients, variables, loss):
-        import torch
-
-        if self.stop_on_nonfinite and not bool(
-            self._all_finite(self._finite_inputs(loss, gradients))
-        ):
-            step = int(self.optimizer.iterations) + 1
-            raise FloatingPointError(_nonfinite_message(step))
-        with torch.no_grad():
-            self.optimizer.apply(gradients, variables)
-
-    def _jax_train_step(self, state, data):
-        trainable, non_trainable, optimizer_variables, metrics_variables = (
-            state
-        )
-        inputs, sample_weight = self._unpack_data(data)
-        gradients, losses, report, non_trainable = self._jax_gradients(
-            trainable, non_trainable, optimizer_variables, inputs,
-            sample_weight,
-        )
-        new_trainable, new_optimizer_variables = self.optimizer.stateless_apply(
-            optimizer_variables, gradients, trainable
-        )
-        finite = None
-        if self.stop_on_nonfinite:
-            # Inside jit nothing can raise: the step keeps the old weights
-            # and optimizer state, and the train function raises after it.
-            finite = self._all_finite(
-                self._finite_inputs(losses["loss"], gradients)
-            )
-            keep = lambda new, old: [  # noqa: E731
-                ops.where(finite, n, o) for n, o in zip(new, old)
-            ]
-            new_trainable = keep(new_trainable, trainable)
-            new_optimizer_variables = keep(
-                new_optimizer_variables, optimizer_variables
-            )
-        logs, metrics_variables = self._stateless_metrics(
-            metrics_variables, losses["loss"], report, sample_weight
-        )
-        if finite is not None:
-            logs[_FINITE_LOG] = finite
-        state = (
-            new_trainable,
-            non_trainable,
-            new_optimizer_variables,
-            metrics_variables,
-        )
-        return logs, state
-
-    def _stateless_metrics(self, metrics_variables, loss, report, sample_weight):
-        with self._stateless_scope(
-            (self.metrics_variables, metrics_variables)
-        ) as scope:
-            logs = self._update_metrics(loss, report, sample_weight)
-        return logs, [
-            scope.get_current_value(v) for v in self.metrics_variables
-        ]
-
-    def make_train_function(self, force=False):
-        previous = self.train_function
-        super().make_train_function(force=force)
-        if _backend() != "jax" or self.train_function is previous:
-            return
-        step_function = self.train_function
-
-        def train_function(state, iterator):
-            logs, state = step_function(state, iterator)
-            finite = logs.pop(_FINITE_LOG, None)
-            if finite is not None and not bool(finite):
-                # The state kept the weights of before the step: give them
-                # back to the model, as fit does when it ends.
-                trainable, non_trainable, optimizer_variables, metrics = state
-                self._jax_state = {
-                    "trainable_variables": trainable,
-                    "non_trainable_variables": non_trainable,
-                    "optimizer_variables": optimizer_variables,
-                    "metrics_variables": metrics,
-                }
-                self._jax_state_synced = False
-                step = _iterations(self.optimizer, optimizer_variables) + 1
-                raise FloatingPointError(_nonfinite_message(step))
-            return logs, state
-
-        self.train_function = train_function
-
-    def test_step(self, *args):
-        """One evaluation step; stateless `test_step(state, data)` on JAX."""
-        if _backend() == "jax":
-            return self._jax_test_step(*args)
-        (data,) = args
-        inputs, sample_weight = self._unpack_data(data)
-        losses, report = self._objective(
-            inputs, sample_weight, next_seed(self.seed_generator)
-        )
-        return self._update_metrics(losses["loss"], report, sample_weight)
-
-    def _jax_test_step(self, state, data):
-        trainable, non_trainable, metrics_variables = state
-        inputs, sample_weight = self._unpack_data(data)
-        with self._stateless_scope(
-            (self.trainable_variables, trainable),
-            (self.non_trainable_variables, non_trainable),
-        ) as scope:
-            losses, report = self._objective(
-                inputs, sample_weight, next_seed(self.seed_generator)
-            )
-        non_trainable = [
-            scope.get_current_value(v) for v in self.non_trainable_variables
-        ]
-        logs, metrics_variables = self._stateless_metrics(
-            metrics_variables, losses["loss"], report, sample_weight
-        )
-        return logs, (trainable, non_trainable, metrics_variables)
+        # The backend's trainer (keras_vae.training) takes the gradients.
+        return super().compute_gradients(x, sample_weight, seed)
 
     # Inference.
 
@@ -1119,50 +786,6 @@ def _is_tensor(x):
 def _rank(x):
     """x's rank, or None when unknown (a TensorFlow graph)."""
     return getattr(x.shape, "rank", len(x.shape))
-
-
-def _iterations(optimizer, optimizer_variables):
-    """The optimizer's step counter among its stateless values."""
-    for variable, value in zip(optimizer.variables, optimizer_variables):
-        if variable is optimizer.iterations:
-            return int(value)
-    return int(optimizer.iterations)
-
-
-def _nonfinite_message(step):
-    return f"{_NONFINITE_HEAD} {step}{_NONFINITE_TAIL}"
-
-
-def _split_gradients(mask, variables, encoder_gradients, gradients):
-    """The gradients of `variables`, in order: `encoder_gradients(vs)` for
-    those `mask` marks, `gradients(vs)` for the others."""
-    encoder = [i for i, m in enumerate(mask) if m]
-    others = [i for i, m in enumerate(mask) if not m]
-    by_index = {}
-    for indices, take in ((encoder, encoder_gradients), (others, gradients)):
-        if indices:
-            by_index.update(zip(indices, take([variables[i] for i in indices])))
-    return [by_index[i] for i in range(len(mask))]
-
-
-def _replica_logs(logs):
-    """The step's logs in the shape Keras can reduce across replicas.
-
-    Under a MultiWorkerMirroredStrategy with several workers, Keras reduces
-    every log with `strategy.reduce("MEAN", value, axis=0)`, which fails on
-    scalars (tensorflow/tensorflow#72388). A `[1]` tensor reduces to the
-    same mean over the replicas, as a scalar.
-    """
-    if _backend() != "tensorflow":
-        return logs
-    tf = _tf()
-    strategy = tf.distribute.get_strategy()
-    if (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    ):
-        return {name: ops.reshape(value, [1]) for name, value in logs.items()}
-    return logs
 
 
 def _is_batch_iterable(x):
