@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_BUILD := $(VENV)/.op-built
-SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*') CMakeLists.txt setup.py pyproject.toml
+SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*') CMakeLists.txt pyproject.toml
 SANITIZE_DIR := build/sanitize
 
 .PHONY: all venv build demo results test bench clean sanitize
@@ -20,14 +20,45 @@ $(STAMP_DEPS): requirements.txt
 
 venv: $(STAMP_DEPS)
 
-# Builds the op against the TensorFlow in .venv (hence --no-build-isolation)
-# and installs the package in editable mode so tests run against the tree.
-# flock: concurrent `make build`s would race on the shared CMake build tree.
+# Builds the kernels, the FFI handlers and the op against .venv's jaxlib and
+# TensorFlow into keras_vae/ (CMake's tree in build/dev), and puts the
+# checkout on .venv's path, so that tests run against the tree. Not `pip
+# install -e`: its import hook would shadow the package copies that tests
+# put on PYTHONPATH. flock: concurrent builds would race on the tree.
+DEV_BUILD_DIR := build/dev
 $(STAMP_BUILD): $(STAMP_DEPS) $(SOURCES)
-	flock $(VENV)/.build.lock $(PIP) install --no-build-isolation --no-deps -e .
+	flock $(VENV)/.build.lock sh -c '$(VENV)/bin/cmake -S . -B $(DEV_BUILD_DIR) \
+		-DPython_EXECUTABLE=$(CURDIR)/$(PY) -DKERAS_VAE_BUILD_TF_OP=ON && \
+		$(VENV)/bin/cmake --build $(DEV_BUILD_DIR) --parallel'
+	$(PIP) uninstall -q -y keras-vae 2>/dev/null || true
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/keras_vae_checkout.pth"
 	touch $@
 
 build: $(STAMP_BUILD)
+
+# dist/keras_vae-*.whl: a manylinux wheel with the framework-free kernels, the
+# XLA FFI handlers for JAX (against .venv's jaxlib headers) and the
+# TensorFlow op for .venv's TensorFlow, checked by auditwheel. TensorFlow's
+# own libraries, which the op links, come from the user's TensorFlow: they
+# are not grafted into the wheel.
+WHEEL_DIR := dist
+WHEEL_RAW_DIR := build/wheel-raw
+.PHONY: wheel install-test
+wheel: $(STAMP_DEPS)
+	rm -rf $(WHEEL_RAW_DIR) $(WHEEL_DIR)
+	flock $(VENV)/.build.lock $(PIP) wheel --no-build-isolation --no-deps \
+		-C cmake.define.KERAS_VAE_BUILD_TF_OP=ON -w $(WHEEL_RAW_DIR) .
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair \
+		--exclude libtensorflow_framework.so.2 --exclude libtensorflow_cc.so.2 \
+		-w $(WHEEL_DIR) $(WHEEL_RAW_DIR)/*.whl
+	$(VENV)/bin/auditwheel show $(WHEEL_DIR)/*.whl
+	ls -l $(WHEEL_DIR)
+
+# Installs the wheel into fresh virtual environments, one with JAX and one
+# with PyTorch, neither with TensorFlow nor a compiler, and trains, evaluates
+# and samples there from the command line (tests/test_install.py).
+install-test: wheel
+	KERAS_VAE_WHEEL=$$(ls $(WHEEL_DIR)/*.whl) $(PY) -m pytest tests/test_install.py -q -s
 
 # Trains an IWAE (K=5) on scikit-learn's bundled digits, then evaluates it
 # (ELBO, IWAE bounds, log-likelihood with 5000 importance samples) into
@@ -90,4 +121,4 @@ bench: build
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf build _skbuild keras_vae/*.so runs
+	rm -rf build dist keras_vae/*.so runs

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from keras_vae import _extras
+
 # Heavy imports (TensorFlow, Keras, matplotlib) happen inside the commands,
 # and the package imports lazily, so that `--help` and argument errors
 # answer at once without importing a framework.
@@ -20,6 +22,8 @@ METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 SPLITS = ("test", "validation", "train")
+# The commands that write PNG grids, with matplotlib (the `plots` extra).
+_PLOTTING_COMMANDS = ("train", "sample", "traverse", "interpolate")
 
 
 def positive_int(text):
@@ -305,23 +309,37 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Before TensorFlow is imported, unless the user chose: level 3 also
+    # hides the error-level start-up lines of a machine without a GPU
+    # ("failed call to cuInit"); failures that matter raise in Python.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if argv[:1] == ["bench"]:
         # Everything after `bench` belongs to the harness, options included.
         return bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "train":
         _check_data_arguments(parser, args)
     command = {"train": train, "evaluate": evaluate, "sample": sample,
                "traverse": traverse, "interpolate": interpolate}
     try:
+        if args.command in _PLOTTING_COMMANDS:
+            # Asked first: train writes its grids only after training.
+            _extras.require("plots", f"keras-vae {args.command}")
         return command[args.command](args)
     except (UsageError, ValueError, FileNotFoundError) as error:
         # The library raises ValueError for arguments and data it cannot
         # use, FileNotFoundError for missing files (the message of missing
         # data lists where they were looked for): the user's to fix.
         print(f"keras-vae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except ImportError as error:
+        # An optional dependency that is not installed: name its extra.
+        missing = error if isinstance(error, _extras.MissingExtraError) else (
+            _extras.MissingExtraError.from_error(error, "this command"))
+        if missing is None:
+            raise
+        print(f"keras-vae {args.command}: error: {missing}", file=sys.stderr)
         return 2
 
 

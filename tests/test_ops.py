@@ -418,7 +418,6 @@ BAD_DTYPES = {
         "mean",
     ),
     "dtype-mismatch": (dict(log_var=np.zeros([3, 4], np.float64)), "log_var"),
-    "num_samples-float": (dict(num_samples=2.0), "num_samples"),
     "num_samples-overflow": (dict(num_samples=2**40), "num_samples"),
 }
 

@@ -13,6 +13,11 @@ MAX_NUM_SAMPLES = 2**31 - 1
 def check_num_samples(num_samples):
     """num_samples as an int in [1, MAX_NUM_SAMPLES]; a static int, since it
     sets z's shape. Bools are refused (True is not a count)."""
+    shape = getattr(num_samples, "shape", ())
+    if len(shape):
+        raise ValueError(
+            f"num_samples must be a scalar int, got shape {list(shape)}"
+        )
     try:
         k = operator.index(num_samples)
     except TypeError:

@@ -54,21 +54,29 @@ def _library_path(stem):
     return None
 
 
+def _minor_version(version):
+    return tuple(version.split(".")[:2])
+
+
 def _version_mismatch():
     """Why the libraries were built for another TensorFlow, or None.
 
     The build records the TensorFlow it compiled against; a library built
-    for another version may load and then crash, so it is not loaded.
+    for another minor version may load and then crash (TensorFlow's C++ ABI
+    changes between minor versions), so it is not loaded.
     """
     try:
         with open(os.path.join(_PACKAGE_DIR, _BUILD_CONFIG)) as f:
             built_for = json.load(f)["tensorflow"]
     except (OSError, ValueError, KeyError):
         return None
-    if built_for != tf.__version__:
+    if _minor_version(built_for) != _minor_version(tf.__version__):
         return (
             f"The compiled op was built against TensorFlow {built_for}, but "
-            f"TensorFlow {tf.__version__} is installed."
+            f"TensorFlow {tf.__version__} is installed. Install TensorFlow "
+            f"{'.'.join(_minor_version(built_for))}.* (pip install "
+            '"keras-vae[tensorflow]"), or build keras-vae from source against '
+            "yours."
         )
     return None
 
