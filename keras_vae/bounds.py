@@ -16,6 +16,7 @@ or take the whole objective of `keras_vae.VAE` from `training_losses`.
 
 import math
 
+import keras
 from keras import ops
 
 from keras_vae.checks import check_objective
@@ -41,14 +42,26 @@ __all__ = [
 ]
 
 
+def _mean(x, axis=0):
+    """`ops.mean` along `axis`, float64 kept in float64.
+
+    Off TensorFlow, `ops.mean` computes float64 in float32 and casts back;
+    a sum over the count keeps the input's precision.
+    """
+    x = ops.convert_to_tensor(x)
+    if keras.backend.standardize_dtype(x.dtype) != "float64":
+        return ops.mean(x, axis=axis)
+    return ops.sum(x, axis=axis) / ops.cast(ops.shape(x)[axis], x.dtype)
+
+
 def elbo(log_px_z, kl):
     """ELBO with the analytic KL: mean_k log p(x|z_k) - KL(q || p)."""
-    return ops.mean(log_px_z, axis=0) - kl
+    return _mean(log_px_z) - kl
 
 
 def elbo_mc(log_px_z, log_ratio):
     """ELBO with a Monte Carlo KL: mean_k [log p(x|z_k) - log_ratio_k]."""
-    return ops.mean(log_weights(log_px_z, log_ratio), axis=0)
+    return _mean(log_weights(log_px_z, log_ratio))
 
 
 def log_weights(log_px_z, log_ratio):
@@ -152,7 +165,7 @@ def free_bits_kl(kl_per_dim, free_bits):
     Returns:
         The floored KL for the batch, a scalar (it is not per example).
     """
-    return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
+    return ops.sum(ops.maximum(_mean(kl_per_dim), free_bits))
 
 
 def combine_log_mean_exp(chunk_logsumexps, num_samples):
@@ -173,7 +186,7 @@ def combine_log_mean_exp(chunk_logsumexps, num_samples):
 def batch_mean(values, sample_weight=None):
     """The mean of per-example `values` `[B]`, weighted by `sample_weight`."""
     if sample_weight is None:
-        return ops.mean(values)
+        return _mean(values)
     weight = ops.cast(ops.reshape(sample_weight, ops.shape(values)), "float32")
     return ops.sum(values * weight) / ops.sum(weight)
 
@@ -244,7 +257,7 @@ def training_losses(
     log_px_z, log_ratio, kl = (
         ops.convert_to_tensor(t) for t in (log_px_z, log_ratio, kl)
     )
-    reconstruction = ops.mean(log_px_z, axis=0)
+    reconstruction = _mean(log_px_z)
     losses = {}
     if objective == "iwae":
         bound = iwae_bound(log_px_z, log_ratio)
