@@ -16,7 +16,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import keras_vae
+from helpers.sys_path_only import drop_editable_import_hooks
+
+drop_editable_import_hooks()
+import keras_vae  # noqa: E402
 
 directory = Path(sys.argv[1])
 assert not keras_vae.ops.fused_available(), keras_vae.ops.build_info()
