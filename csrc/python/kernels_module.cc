@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,7 @@
 
 #include "cpu/normals.h"
 #include "cpu/reparam_kl_cpu.h"
+#include "cpu/thread_pool.h"
 #include "python/ffi_capsules.h"
 #include "reparam_kl.h"
 #include "shapes.h"
@@ -50,23 +52,24 @@ ReparamDims checked_dims(const Array<T>& mean, const Array<T>& log_var,
   return dims;
 }
 
-// Splits [0, total) over hardware threads (the NumPy entry has no pool).
-void thread_for(int64_t total, int64_t /*cost*/,
-                const std::function<void(int64_t, int64_t)>& fn) {
-  const int64_t workers = std::max<int64_t>(
-      1, std::min<int64_t>(total, std::thread::hardware_concurrency()));
-  if (workers <= 1) return cpu::serial_for(total, 0, fn);
-  std::vector<std::thread> pool;
-  const int64_t step = (total + workers - 1) / workers;
-  for (int64_t b = 0; b < total; b += step) {
-    pool.emplace_back(fn, b, std::min(total, b + step));
+// The threads a call uses when it names none: set_num_threads, else the
+// hardware's.
+std::atomic<int> default_num_threads{0};
+
+// The parallel-for of one call: the persistent pool, with `num_threads`
+// threads (0: the default), serial for small work.
+cpu::ParallelFor pool_for(int num_threads) {
+  if (num_threads <= 0) num_threads = default_num_threads.load();
+  if (num_threads <= 0) {
+    num_threads = static_cast<int>(std::thread::hardware_concurrency());
   }
-  for (auto& t : pool) t.join();
+  return cpu::pool_parallel_for(num_threads);
 }
 
 template <typename T>
 py::tuple forward(const Array<T>& mean, const Array<T>& log_var,
-                  int64_t num_samples, uint64_t seed0, uint64_t seed1) {
+                  int64_t num_samples, uint64_t seed0, uint64_t seed1,
+                  int num_threads) {
   const ReparamDims dims = checked_dims(mean, log_var, num_samples);
   Array<T> z(py_shape(dims.z)), kl(py_shape(dims.kl)),
       log_ratio(py_shape(dims.log_ratio));
@@ -75,7 +78,7 @@ py::tuple forward(const Array<T>& mean, const Array<T>& log_var,
     cpu::reparam_kl_forward<T>(dims.shape, mean.data(), log_var.data(),
                                stream_from_seed(seed0, seed1),
                                z.mutable_data(), kl.mutable_data(),
-                               log_ratio.mutable_data(), thread_for);
+                               log_ratio.mutable_data(), pool_for(num_threads));
   }
   return py::make_tuple(z, kl, log_ratio);
 }
@@ -84,7 +87,8 @@ template <typename T>
 py::tuple backward(const Array<T>& mean, const Array<T>& log_var,
                    int64_t num_samples, uint64_t seed0, uint64_t seed1,
                    const Array<T>& grad_z, const Array<T>& grad_kl,
-                   const Array<T>& grad_log_ratio, bool stop_params) {
+                   const Array<T>& grad_log_ratio, bool stop_params,
+                   int num_threads) {
   const ReparamDims dims = checked_dims(mean, log_var, num_samples);
   raise_if(check_upstream_grads(dims, dims_of(grad_z), dims_of(grad_kl),
                                 dims_of(grad_log_ratio), DimsStyle::kTuple));
@@ -95,7 +99,8 @@ py::tuple backward(const Array<T>& mean, const Array<T>& log_var,
     cpu::reparam_kl_backward<T>(
         dims.shape, mean.data(), log_var.data(), stream_from_seed(seed0, seed1),
         grad_z.data(), grad_kl.data(), grad_log_ratio.data(), stop_params,
-        grad_mean.mutable_data(), grad_log_var.mutable_data(), thread_for);
+        grad_mean.mutable_data(), grad_log_var.mutable_data(),
+        pool_for(num_threads));
   }
   return py::make_tuple(grad_mean, grad_log_var);
 }
@@ -114,26 +119,40 @@ PYBIND11_MODULE(_kernels, m) {
     return info;
   }, "What this build compiled: CPU, CUDA and the CUDA architectures.");
   const char* fwd_doc =
-      "forward(mean, log_var, num_samples, seed0, seed1) -> (z, kl, log_ratio)";
+      "forward(mean, log_var, num_samples, seed0, seed1, num_threads=0) -> "
+      "(z, kl, log_ratio). num_threads: the threads of the persistent pool "
+      "to use (the framework's setting, e.g. torch.get_num_threads()); 0 "
+      "uses set_num_threads' value, else the hardware's.";
   const char* bwd_doc =
       "backward(mean, log_var, num_samples, seed0, seed1, grad_z, grad_kl, "
-      "grad_log_ratio, stop_params) -> (grad_mean, grad_log_var)";
+      "grad_log_ratio, stop_params, num_threads=0) -> (grad_mean, "
+      "grad_log_var)";
   // double first so float64 input is not cast down by forcecast.
   m.def("cpu_forward", &forward<double>, fwd_doc, py::arg("mean").noconvert(),
         py::arg("log_var").noconvert(), py::arg("num_samples"),
-        py::arg("seed0"), py::arg("seed1"));
+        py::arg("seed0"), py::arg("seed1"), py::arg("num_threads") = 0);
   m.def("cpu_forward", &forward<float>, fwd_doc, py::arg("mean"),
         py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
-        py::arg("seed1"));
+        py::arg("seed1"), py::arg("num_threads") = 0);
   m.def("cpu_backward", &backward<double>, bwd_doc,
         py::arg("mean").noconvert(), py::arg("log_var").noconvert(),
         py::arg("num_samples"), py::arg("seed0"), py::arg("seed1"),
         py::arg("grad_z"), py::arg("grad_kl"), py::arg("grad_log_ratio"),
-        py::arg("stop_params") = false);
+        py::arg("stop_params") = false,
+        py::arg("num_threads") = 0);
   m.def("cpu_backward", &backward<float>, bwd_doc, py::arg("mean"),
         py::arg("log_var"), py::arg("num_samples"), py::arg("seed0"),
         py::arg("seed1"), py::arg("grad_z"), py::arg("grad_kl"),
-        py::arg("grad_log_ratio"), py::arg("stop_params") = false);
+        py::arg("grad_log_ratio"), py::arg("stop_params") = false,
+        py::arg("num_threads") = 0);
+  m.def("set_num_threads", [](int n) {
+    if (n < 0) throw py::value_error("num_threads must be >= 0");
+    default_num_threads.store(n);
+  }, py::arg("num_threads"),
+        "The threads a call uses when it names none (0: the hardware's). "
+        "The pool's threads start once and are reused by every call.");
+  m.def("get_num_threads", [] { return default_num_threads.load(); },
+        "set_num_threads' value (0: the hardware's).");
   m.def("cpu_isa", [] { return cpu::cpu_isa_name(cpu::active_cpu_isa()); },
         "The instruction set the CPU kernels draw float noise with: "
         "'scalar', 'avx2' or 'avx512'.");

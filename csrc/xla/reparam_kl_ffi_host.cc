@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "cpu/reparam_kl_cpu.h"
+#include "cpu/thread_pool.h"
 #include "xla/ffi_call.h"
 #include "xla/reparam_kl_ffi.h"
 
@@ -16,27 +17,9 @@ namespace {
 // Work below this many estimated cycles runs on the calling thread.
 constexpr int64_t kMinCyclesPerShard = 100000;
 
-// Shards claimed from a shared counter. The calling thread claims shards too
-// and waits only for shards other threads have claimed (and so are running):
-// it never waits on a task the pool has not started, which could deadlock a
-// pool whose threads are all busy. A task that starts after the work is done
-// claims nothing and exits.
-struct ShardQueue {
-  const std::function<void(int64_t, int64_t)>* fn;
-  int64_t total, shards;
-  std::atomic<int64_t> next{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  int64_t done = 0;  // guarded by mu
-
-  void run() {
-    for (int64_t s; (s = next.fetch_add(1)) < shards;) {
-      (*fn)(total * s / shards, total * (s + 1) / shards);
-      std::lock_guard<std::mutex> lock(mu);
-      if (++done == shards) cv.notify_all();
-    }
-  }
-};
+// Shards claimed from a shared counter, the calling thread's included
+// (cpu/thread_pool.h).
+using cpu::ShardQueue;
 
 cpu::ParallelFor pool_for(ffi::ThreadPool pool) {
   return [pool](int64_t total, int64_t cost_per_unit,

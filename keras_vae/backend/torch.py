@@ -117,9 +117,10 @@ def _in_float32_for_16_bit(kernel):
 
 
 def _forward_cpu(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
+    # The kernels' persistent pool, with PyTorch's intra-op thread count.
     outputs = _kernels().cpu_forward(
         mean.detach().numpy(), log_var.detach().numpy(), num_samples,
-        *_seed_words(seed),
+        *_seed_words(seed), num_threads=torch.get_num_threads(),
     )
     return tuple(torch.from_numpy(x) for x in outputs)
 
@@ -184,6 +185,7 @@ def _backward_cpu(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
         mean.detach().numpy(), log_var.detach().numpy(), grad_z.shape[0],
         *_seed_words(seed), grad_z.detach().numpy(), grad_kl.detach().numpy(),
         grad_log_ratio.detach().numpy(), stop_log_ratio_param_grad,
+        num_threads=torch.get_num_threads(),
     )
     return tuple(torch.from_numpy(g) for g in grads)
 
