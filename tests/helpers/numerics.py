@@ -26,26 +26,49 @@ def gradient(fn, x):
         fn: maps a tensor of the active backend to a scalar tensor.
         x: NumPy array, the point of differentiation.
     """
+    _, (grad,) = outputs_and_gradients(lambda t: (fn(t), ()), x)
+    return grad
+
+
+def outputs_and_gradients(fn, *args):
+    """Runs `fn` on `args` and differentiates its loss, by the active Keras
+    backend's autodiff.
+
+    Args:
+        fn: maps tensors of the active backend, one per arg, to
+            `(loss, outputs)`: a scalar tensor and a tuple of tensors.
+        *args: NumPy arrays, the point of differentiation.
+
+    Returns:
+        `(outputs, grads)`: lists of NumPy arrays, `grads[i]` being
+        d loss / d args[i].
+    """
     import keras
 
+    to_numpy = keras.ops.convert_to_numpy
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        x = tf.constant(x)
+        args = [tf.constant(a) for a in args]
         with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = fn(x)
-        return tape.gradient(value, x).numpy()
-    if backend == "jax":
+            tape.watch(args)
+            loss, outputs = fn(*args)
+        grads = tape.gradient(loss, args)
+    elif backend == "jax":
         import jax
 
-        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
-    import torch
+        (_, outputs), grads = jax.value_and_grad(
+            fn, argnums=tuple(range(len(args))), has_aux=True
+        )(*(jax.numpy.asarray(a) for a in args))
+    else:
+        import torch
 
-    x = torch.tensor(x, requires_grad=True)
-    fn(x).backward()
-    return x.grad.numpy()
+        args = [torch.tensor(a, requires_grad=True) for a in args]
+        loss, outputs = fn(*args)
+        loss.backward()
+        grads = [a.grad for a in args]
+    return [to_numpy(t) for t in outputs], [to_numpy(g) for g in grads]
 
 
 def variable_gradient(fn, variable):
