@@ -8,7 +8,7 @@ STAMP_BUILD := $(VENV)/.op-built
 SOURCES := $(shell find csrc -type f -not -path 'csrc/tests/*') CMakeLists.txt pyproject.toml
 SANITIZE_DIR := build/sanitize
 
-.PHONY: all venv build demo results test bench clean sanitize
+.PHONY: all venv build demo results test bench clean sanitize gpu-check gpu-check-dry gpu-wheels
 
 all: build
 
@@ -115,6 +115,31 @@ sanitize: $(STAMP_DEPS)
 	$(VENV)/bin/cmake -S csrc/tests -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	$(VENV)/bin/cmake --build $(SANITIZE_DIR) -j 2
 	$(VENV)/bin/ctest --test-dir $(SANITIZE_DIR) --output-on-failure --parallel 2
+
+# On a lent GPU machine (no TensorFlow, no network; see the README's GPU
+# section): builds _kernels for sm_90 without TensorFlow, runs the GPU tests
+# with KERAS_VAE_REQUIRE_GPU=1, compute-sanitizer and the GPU benchmark, all
+# into GPU_CHECK_OUT, in under seven minutes. Its python is the machine's.
+GPU_CHECK_OUT ?= runs/gpu-check
+GPU_WHEELS := build/gpu-wheels
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check --out $(GPU_CHECK_OUT) --wheels $(GPU_WHEELS)
+
+# What of gpu-check needs no GPU, here: arguments, the build's configuration,
+# the GPU tests without TensorFlow (they skip), the sanitizer cases and the
+# benchmark harness on the CPU at tiny sizes.
+gpu-check-dry: build
+	$(PY) -m benchmarks.gpu_check --dry-run --out build/gpu-check-dry --wheels $(GPU_WHEELS)
+
+# The wheels gpu-check carries to a machine with Python 3.12 and no Keras:
+# Keras and what it imports that such a machine may lack (gpu-check unpacks
+# only those it lacks). About 9 MB, into an ignored folder.
+gpu-wheels: $(STAMP_DEPS)
+	$(PIP) download --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 \
+		--no-deps -d $(GPU_WHEELS) \
+		keras==3.15.1 namex==0.1.0 optree==0.20.0 absl-py==2.5.1 rich==15.0.0 \
+		markdown-it-py==4.3.0 mdurl==0.1.2 pygments==2.21.0 h5py==3.14.0
 
 # `make bench BENCH_ARGS=--quick` for the two-minute run.
 bench: build
