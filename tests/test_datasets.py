@@ -36,6 +36,21 @@ def write_mnist_like(directory, n_train=30, n_test=10, gz=True, seed=0):
     return images, labels
 
 
+def _epochs(pipeline, count):
+    """The batches of `count` epochs of a pipeline from `load`, as NumPy.
+
+    A `tf.data.Dataset` starts a new epoch with each iteration; an
+    `ArrayBatches` (the other backends) when `fit` ends one, through
+    `on_epoch_end`.
+    """
+    epochs = []
+    for _ in range(count):
+        epochs.append([np.asarray(batch) for batch in pipeline])
+        if isinstance(pipeline, datasets.ArrayBatches):
+            pipeline.on_epoch_end()
+    return epochs
+
+
 @pytest.fixture
 def no_system_data(monkeypatch, tmp_path):
     """Hides the Keras cache and system directories, and any download."""
@@ -91,7 +106,7 @@ def test_fashion_mnist_from_data_dir(tmp_path, no_system_data, gz):
     np.testing.assert_allclose(
         np.sort(together.reshape(30, -1), axis=0),
         np.sort(images["train"].reshape(30, -1) / 255.0, axis=0), rtol=1e-6)
-    test_batches = [b.numpy() for b in data.test]
+    (test_batches,) = _epochs(data.test, 1)
     assert [len(b) for b in test_batches] == [7, 3]
     np.testing.assert_allclose(np.concatenate(test_batches),
                                data.arrays["test"])
@@ -150,8 +165,7 @@ def test_dynamic_binarization_resamples_each_epoch():
     data = datasets.load("digits", binarize="dynamic", batch_size=2000,
                          validation_fraction=0.0, seed=3)
     grey = data.arrays["train"]
-    (first,) = [b.numpy() for b in data.train]
-    (second,) = [b.numpy() for b in data.train]
+    (first,), (second,) = _epochs(data.train, 2)
     assert set(np.unique(first)) == {0.0, 1.0}
     assert first.shape == grey.shape
     assert not np.array_equal(first, second)
@@ -164,6 +178,7 @@ def test_dynamic_binarization_resamples_each_epoch():
         assert np.all(np.abs(draws.mean(axis=0) - p) <= 5 * stderr + 1e-6)
 
 
+@pytest.mark.tensorflow_only("dynamic_binarization maps a tf.data pipeline")
 def test_dynamic_binarization_draws_bernoulli_of_each_pixel():
     import tensorflow as tf
 
@@ -184,10 +199,31 @@ def test_dynamic_binarization_draws_bernoulli_of_each_pixel():
     np.testing.assert_array_equal(next(iter(again)).numpy(), epochs[0])
 
 
+@pytest.mark.backend_independent
+def test_array_batches_draw_bernoulli_of_each_pixel():
+    grey = np.linspace(0.0, 1.0, 11, dtype=np.float32)
+    images = np.tile(grey, (4000, 1))
+    labels = np.arange(4000)
+    pipeline = datasets.ArrayBatches((images, labels), 4000, binarize_seed=7)
+    epochs = [pipeline[0]]
+    pipeline.on_epoch_end()
+    epochs.append(pipeline[0])
+    for draws, batch_labels in epochs:
+        # Per-pixel means match the grey levels within 5 standard errors.
+        stderr = np.sqrt(grey * (1 - grey) / len(images)) + 1e-6
+        assert np.all(np.abs(draws.mean(axis=0) - grey) <= 5 * stderr)
+        assert np.all(draws[:, 0] == 0) and np.all(draws[:, -1] == 1)
+        # Labels are kept as they are.
+        np.testing.assert_array_equal(batch_labels, labels)
+    assert not np.array_equal(epochs[0][0], epochs[1][0])
+    # Reproducible from the seed and the epoch.
+    again = datasets.ArrayBatches((images, labels), 4000, binarize_seed=7)
+    np.testing.assert_array_equal(again[0][0], epochs[0][0])
+
+
 def test_evaluation_splits_are_binarized_once():
     data = datasets.load("digits", binarize="dynamic", batch_size=50)
-    first = np.concatenate([b.numpy() for b in data.test])
-    second = np.concatenate([b.numpy() for b in data.test])
+    first, second = (np.concatenate(e) for e in _epochs(data.test, 2))
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, data.arrays["test"])
     assert set(np.unique(first)) == {0.0, 1.0}
