@@ -109,6 +109,26 @@ def test_cli_names_a_missing_datasets_extra(monkeypatch, capsys, tmp_path):
         'not installed: pip install "keras-vae[datasets]"\n')
 
 
+@pytest.mark.tensorflow_only("the TensorFlow op's version check")
+def test_op_is_refused_by_another_tensorflow_minor_version(
+        monkeypatch, tmp_path):
+    import tensorflow as tf
+
+    from keras_vae.backend import tensorflow as tf_backend
+
+    (tmp_path / "_build_config.json").write_text('{"tensorflow": "2.21.0"}')
+    monkeypatch.setattr(tf_backend, "_PACKAGE_DIR", str(tmp_path))
+    # Another patch release of the same minor version: the op loads.
+    monkeypatch.setattr(tf, "__version__", "2.21.3")
+    assert tf_backend._version_mismatch() is None
+    monkeypatch.setattr(tf, "__version__", "2.22.0")
+    message = tf_backend._version_mismatch()
+    assert "built against TensorFlow 2.21.0" in message
+    assert "TensorFlow 2.22.0 is installed" in message
+    assert 'Install TensorFlow 2.21.* (pip install "keras-vae[tensorflow]")' in (
+        message)
+
+
 def test_public_functions_have_type_hints():
     from keras_vae import evaluation, saving, seeding
 
