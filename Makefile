@@ -98,13 +98,16 @@ results: build
 	echo "make results: trained and evaluated in $$(( ($$(date +%s) - start) / 60 )) minutes"
 	$(PY) -m benchmarks.results_table $(RESULTS_DIR)
 
-# The whole suite on TensorFlow, then the backend-agnostic tests
-# (tests/backends) on JAX and PyTorch; tests/test_backends_agree.py compares
-# the three in subprocesses.
-test: build sanitize
-	$(PY) -m pytest tests -q
-	KERAS_BACKEND=jax $(PY) -m pytest tests/backends -q
-	KERAS_BACKEND=torch $(PY) -m pytest tests/backends -q
+# The C++ suites, the GPU check's dry run and the install test, then the
+# whole Python suite once per Keras backend. Tests marked tensorflow_only
+# (TensorFlow machinery) and backend_independent (no Keras backend reached)
+# run in TensorFlow's run alone; tests/conftest.py says which is which. Two
+# pytest workers, a test file each, as the machine has two cores.
+PYTEST := $(PY) -m pytest tests -q -n 2 --dist loadfile -p no:cacheprovider
+test: build sanitize gpu-check-dry install-test
+	KERAS_BACKEND=tensorflow $(PYTEST)
+	KERAS_BACKEND=jax $(PYTEST)
+	KERAS_BACKEND=torch $(PYTEST)
 
 # The C++ tests, in a build of their own (no TensorFlow needed): the CPU
 # kernels and the shape contract under AddressSanitizer and
