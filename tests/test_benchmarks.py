@@ -5,9 +5,11 @@ No timing assertions: a fake clock drives the timing logic.
 
 import struct
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras.ops import convert_to_numpy as to_numpy
 
 import keras_vae
 from benchmarks import end_to_end, fit_models, latent, memory, report, timing
@@ -30,6 +32,7 @@ def clock(monkeypatch):
     return fake
 
 
+@pytest.mark.backend_independent
 def test_calls_per_sample_reaches_the_minimum(clock):
     def one_ms():
         clock.now += 1e-3
@@ -40,6 +43,7 @@ def test_calls_per_sample_reaches_the_minimum(clock):
     assert timing.calls_per_sample(lambda: None, 1.0, max_calls=64) == 64
 
 
+@pytest.mark.backend_independent
 def test_interleaved_medians_rotates_and_reports_per_call(clock):
     order = []
 
@@ -70,6 +74,7 @@ def test_interleaved_medians_rotates_and_reports_per_call(clock):
     assert all(r["calls_per_sample"] == 1 for r in result.values())
 
 
+@pytest.mark.backend_independent
 def test_paired_ratio_cancels_load_shared_by_a_repetition():
     # Repetitions 2 and 3 ran under load that slowed both candidates 3x: the
     # ratio of medians would pair a loaded sample with a quiet one.
@@ -81,6 +86,7 @@ def test_paired_ratio_cancels_load_shared_by_a_repetition():
     assert timing.paired_ratio(slow, fast) == 2.0
 
 
+@pytest.mark.backend_independent
 def test_summary_names_the_best_modes():
     def entry(*samples):
         return {"median_s": sorted(samples)[1], "samples_s": list(samples)}
@@ -109,6 +115,9 @@ def _inputs(batch=16, dim=5):
     return mean, log_var, seed
 
 
+@pytest.mark.tensorflow_only(
+    "the latent benchmark times the TF op against TensorFlow and TFP code"
+)
 def test_tf_competitor_computes_what_the_op_computes():
     mean, log_var, seed = _inputs()
     fused = keras_vae.ops.reparameterize_kl(
@@ -119,6 +128,9 @@ def test_tf_competitor_computes_what_the_op_computes():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only(
+    "the latent benchmark times the TF op against TensorFlow and TFP code"
+)
 def test_tfp_competitor_computes_the_same_quantities():
     mean, log_var, seed = _inputs()
     z, kl, log_ratio = latent.tfp_reparameterize_kl(mean, log_var, 3, seed)
@@ -130,6 +142,9 @@ def test_tfp_competitor_computes_the_same_quantities():
     np.testing.assert_allclose(log_ratio, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.tensorflow_only(
+    "the latent benchmark times the TF op against TensorFlow and TFP code"
+)
 def test_candidates_cover_every_mode_and_run():
     forward = latent.candidates(8, 4, 2, "forward")
     assert set(forward) == {
@@ -158,6 +173,9 @@ def test_candidates_cover_every_mode_and_run():
     assert grad_mean.shape == grad_log_var.shape == (8, 4)
 
 
+@pytest.mark.tensorflow_only(
+    "the memory benchmark reads TensorFlow's allocator statistics"
+)
 def test_fused_step_keeps_only_z_for_the_backward_pass():
     (row,) = memory.run([(256, 128, 8)], log=lambda _: None)
     kbd = row["kbd_bytes"]
@@ -228,6 +246,7 @@ def _results():
     }
 
 
+@pytest.mark.backend_independent
 def test_targets_say_which_are_met():
     met = {name: ok for name, _, _, ok in report.targets(_results())}
     assert met["forward+backward 128×32×1 vs fastest TF mode"] is False
@@ -247,6 +266,7 @@ def test_targets_say_which_are_met():
     assert f"{fastest}, K=1" not in met and met[f"{fastest}, K=50"] is True
 
 
+@pytest.mark.backend_independent
 def test_update_document_replaces_only_its_section(tmp_path):
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nIntro.\n\n## GPU (CUDA)\n\nGPU table.\n")
@@ -264,6 +284,7 @@ def test_update_document_replaces_only_its_section(tmp_path):
     assert "\n## " not in block
 
 
+@pytest.mark.backend_independent
 def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "speedup.png"
     report.plot(_results(), path)
@@ -275,32 +296,34 @@ def test_plot_writes_a_png(tmp_path):
 def test_plain_keras_vae_loss_is_the_negative_elbo():
     """The competitor trains on what keras_vae.VAE trains on: recomputed
     with TFP from the same noise (a seed generator in the same state)."""
-    import keras
     import tensorflow_probability as tfp
 
     tfd = tfp.distributions
     model = fit_models.PlainKerasVAE(num_samples=3)
     x = fit_models.images(4, 1)
     mean, log_var = model(x)
-    loss = model.compute_loss(x, y_pred=(mean, log_var))
+    loss = to_numpy(model.compute_loss(x, y_pred=(mean, log_var)))
     eps = keras.random.normal(
         (3, 4, fit_models.LATENT_DIM), seed=keras.random.SeedGenerator(1337)
     )
-    z = mean + tf.exp(0.5 * log_var) * eps
-    logits = tf.reshape(
-        model.decoder(tf.reshape(z, (-1, fit_models.LATENT_DIM))), (3, 4, -1)
-    )
+    mean, log_var, eps = (to_numpy(t) for t in (mean, log_var, eps))
+    z = mean + np.exp(0.5 * log_var) * eps
+    logits = to_numpy(
+        model.decoder(z.reshape(-1, fit_models.LATENT_DIM))
+    ).reshape(3, 4, -1)
     log_px = tf.reduce_sum(
-        tfd.Bernoulli(logits=logits).log_prob(tf.reshape(x, (1, 4, -1))), -1
+        tfd.Bernoulli(logits=logits).log_prob(np.reshape(x, (1, 4, -1))), -1
     )
     kl = tf.reduce_sum(
-        tfd.kl_divergence(tfd.Normal(mean, tf.exp(0.5 * log_var)),
+        tfd.kl_divergence(tfd.Normal(mean, np.exp(0.5 * log_var)),
                           tfd.Normal(0.0, 1.0)), -1
     )
     elbo = tf.reduce_mean(log_px) - tf.reduce_mean(kl)
-    np.testing.assert_allclose(loss, -elbo, rtol=1e-5)
+    np.testing.assert_allclose(loss, -elbo.numpy(), rtol=1e-5)
 
 
+# Its workers choose their own backends, one process each.
+@pytest.mark.backend_independent
 def test_end_to_end_times_every_backend_in_one_run():
     rows = end_to_end.run({2: 2}, batch_size=16, repeats=2,
                           log=lambda _: None)
@@ -319,6 +342,8 @@ def test_end_to_end_times_every_backend_in_one_run():
     assert summary["ratio_tf"] > 0
 
 
+# The fresh process runs on TensorFlow whatever the caller's backend.
+@pytest.mark.backend_independent
 def test_log_likelihood_row_is_measured_in_a_fresh_process():
     from benchmarks import log_likelihood
 
@@ -328,6 +353,7 @@ def test_log_likelihood_row_is_measured_in_a_fresh_process():
     assert row["batch_size"] >= 1
 
 
+@pytest.mark.backend_independent
 def test_end_to_end_summary_pairs_what_each_target_names():
     def entry(*samples):
         return {"median_s": sorted(samples)[len(samples) // 2],
