@@ -98,28 +98,38 @@ def test_op_from_threads_matches_single_threaded(implementation):
                 np.testing.assert_array_equal(g, e)
 
 
-@pytest.mark.tensorflow_only(
-    "one tf.function graph holding the TF op, run from several threads"
-)
-def test_op_in_one_tf_function_from_threads():
-    """One traced function, called concurrently with different arguments."""
-    draw = tf.function(
+def _compiled(fn):
+    """`fn` compiled the active backend's way, traced once per signature."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import torch
+
+    return torch.compile(fn, dynamic=True)
+
+
+def test_op_in_one_compiled_function_from_threads():
+    """One compiled function (tf.function, jax.jit, torch.compile), called
+    concurrently with different arguments."""
+    draw = _compiled(
         lambda mean, log_var, seed: ops.reparameterize_kl(
             mean, log_var, 2, seed
-        ),
-        reduce_retracing=True,
+        )
     )
     inputs = [_thread_inputs(i) for i in range(NUM_THREADS)]
-    expected = [
-        [t.numpy() for t in draw(m, lv, tf.constant(s))]
-        for m, lv, _, s in inputs
-    ]
 
-    def work(i):
+    def call(i):
         m, lv, _, s = inputs[i]
-        return [[t.numpy() for t in draw(m, lv, tf.constant(s))] for _ in range(ROUNDS)]
+        seed = keras.ops.convert_to_tensor(np.array(s, np.int32))
+        return [to_numpy(t) for t in draw(m, lv, seed)]
 
-    for i, rounds in enumerate(run_in_threads(work)):
+    expected = [call(i) for i in range(NUM_THREADS)]
+    results = run_in_threads(lambda i: [call(i) for _ in range(ROUNDS)])
+    for i, rounds in enumerate(results):
         for got in rounds:
             for g, e in zip(got, expected[i]):
                 np.testing.assert_array_equal(g, e)
