@@ -24,25 +24,12 @@ _Schedule = keras.optimizers.schedules.LearningRateSchedule
 LOG_LIKELIHOOD_MEMORY_BUDGET = 256 * 2**20
 
 
-def _backend():
-    return keras.backend.backend()
-
-
 def _tf():
     """TensorFlow, imported on its own backend only: JAX and PyTorch run
     without it."""
     import tensorflow as tf
 
     return tf
-
-
-def _tf_function(method):
-    """`tf.function(method)` on TensorFlow; the method itself on JAX and
-    PyTorch, eager: a jitted method would capture the weights of its first
-    call as constants."""
-    if _backend() != "tensorflow":
-        return method
-    return _tf().function(method, reduce_retracing=True)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -565,8 +552,10 @@ class VAE(
         mean, log_var = self.encode(x)
         return ops.sum(bounds.kl_per_dimension(mean, log_var), axis=-1)
 
-    @_tf_function
     def _chunk_logsumexp(self, x, num_samples, seed):
+        """`logsumexp_s log w_s` of one chunk of `num_samples` importance
+        samples, `[B]`: what `log_likelihood` runs compiled
+        (`_compiled_chunk_logsumexp`)."""
         _, _, _, log_ratio, log_px_z = self._posterior_samples(
             x, num_samples, seed
         )
@@ -635,6 +624,7 @@ class VAE(
             verbose = int(steps is None or steps >= 10)
         progbar = keras.utils.Progbar(steps, verbose=verbose, unit_name="chunk")
         seeds = self._seeds(seed)
+        chunk_logsumexp = self._compiled_chunk_logsumexp()
         estimates = []
         for x_batch in batches:
             if not estimates:
@@ -642,7 +632,7 @@ class VAE(
             chunk_lse = []
             for k in chunks:
                 chunk_lse.append(
-                    self._chunk_logsumexp(x_batch, k, seeds.next())
+                    chunk_logsumexp(x_batch, k, seeds.next())
                 )
                 progbar.add(1)
             estimates.append(

@@ -3,6 +3,8 @@
 carried in the state, so that no step waits for the host.
 """
 
+import functools
+
 import jax
 import keras
 from keras import ops
@@ -208,6 +210,35 @@ class JAXTrainer(trainer.Trainer):
         if first_step:
             self._nonfinite_guard.reset()
             raise FloatingPointError(trainer.nonfinite_message(first_step))
+
+    def _compiled_chunk_logsumexp(self):
+        """The chunk jitted as a pure function of the variables' values,
+        which it takes as arguments (a jitted method would hold those of
+        its first call as constants); one compilation per sample count."""
+        compiled = getattr(self, "_chunk_functions", None)
+        if compiled is None:
+            compiled = self._chunk_functions = {}
+
+        def stateless(trainable, non_trainable, x, seed, num_samples):
+            with self._stateless_scope(
+                (self.trainable_variables, trainable),
+                (self.non_trainable_variables, non_trainable),
+            ):
+                return self._chunk_logsumexp(x, num_samples, seed)
+
+        def chunk(x, num_samples, seed):
+            if num_samples not in compiled:
+                compiled[num_samples] = jax.jit(
+                    functools.partial(stateless, num_samples=num_samples)
+                )
+            return compiled[num_samples](
+                [v.value for v in self.trainable_variables],
+                [v.value for v in self.non_trainable_variables],
+                x,
+                seed,
+            )
+
+        return chunk
 
     def test_step(self, state, data):
         trainable, non_trainable, metrics_variables = state

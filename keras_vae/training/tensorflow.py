@@ -102,12 +102,36 @@ class TensorFlowTrainer(trainer.Trainer):
         self.train_function = train_function
         return train_function
 
+    def _compiled_chunk_logsumexp(self):
+        # XLA fuses the decoder's last layer, the likelihood's terms and
+        # the logsumexp, where the op lowers to its compiled kernels.
+        chunk = getattr(self, "_chunk_function", None)
+        if chunk is None:
+            chunk = tf.function(
+                self._chunk_logsumexp,
+                reduce_retracing=True,
+                jit_compile=_xla_runs_the_kernels(),
+            )
+            self._chunk_function = chunk
+        return chunk
+
     def test_step(self, data):
         inputs, sample_weight = self._unpack_data(data)
         losses, report = self._objective(
             inputs, sample_weight, next_seed(self.seed_generator)
         )
         return self._update_metrics(losses["loss"], report, sample_weight)
+
+
+def _xla_runs_the_kernels():
+    """Whether XLA-compiled functions run the op's compiled kernels here
+    (its XLA library loaded, and kernels for the device)."""
+    from keras_vae.backend import tensorflow as backend
+
+    return (
+        backend.fused_available()
+        and backend._xla_unavailable_reason() is None
+    )
 
 
 def _replica_logs(logs):

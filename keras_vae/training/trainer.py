@@ -136,6 +136,12 @@ class Trainer:
             tracker.update_state(values, sample_weight=sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
+    def _compiled_chunk_logsumexp(self):
+        """`_chunk_logsumexp(x, num_samples, seed)` as `log_likelihood`
+        runs it: eagerly here (PyTorch, whose inference methods run under
+        `torch.no_grad()`); compiled by the backends that compile."""
+        return self._chunk_logsumexp
+
     def _step_terms(self, data, seed=None):
         """One step's gradients and terms: `(gradients, variables, loss,
         report, sample_weight)`."""
