@@ -107,8 +107,15 @@ def kl_per_dimension(mean, log_var):
     return 0.5 * (ops.exp(log_var) + ops.square(mean) - 1.0 - log_var)
 
 
+def _tensors(*values):
+    """The values as tensors: NumPy arrays mixed with PyTorch tensors in
+    Python arithmetic fail."""
+    return tuple(ops.convert_to_tensor(v) for v in values)
+
+
 def normal_log_prob(z, mean, log_var):
     """log N(z; mean, diag(exp(log_var))), summed over the last axis."""
+    z, mean, log_var = _tensors(z, mean, log_var)
     return -0.5 * ops.sum(
         _LOG_2PI + log_var + ops.square(z - mean) * ops.exp(-log_var),
         axis=-1,
@@ -124,6 +131,9 @@ def normal_kl(mean, log_var, prior_mean, prior_log_var):
     """KL(N(mean, exp(log_var)) || N(prior_mean, exp(prior_log_var))),
     summed over the last axis: the analytic KL against a learned Gaussian
     prior (the op's `kl` is against N(0, I))."""
+    mean, log_var, prior_mean, prior_log_var = _tensors(
+        mean, log_var, prior_mean, prior_log_var
+    )
     return 0.5 * ops.sum(
         prior_log_var
         - log_var

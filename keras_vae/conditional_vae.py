@@ -229,6 +229,10 @@ class ConditionalVAE(VAE):
 
     def _check_inputs(self, inputs):
         x, condition = inputs
+        if not (isinstance(x, np.ndarray) or _is_tensor(x)):
+            # A keras.utils.PyDataset or a generator: each batch's
+            # condition is checked in its step.
+            return
         if condition is None:
             raise ValueError(_NO_CONDITION)
         if all(isinstance(t, np.ndarray) or _is_tensor(t) for t in inputs):
