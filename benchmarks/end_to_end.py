@@ -88,13 +88,17 @@ def summarize(timings):
         if vae and plain:
             summary[f"ratio_{key}"] = paired_ratio(timings[plain], timings[vae])
             summary[f"pair_{key}"] = [vae, plain]
-    checked = "keras_vae.VAE (tensorflow)"
-    unchecked = "keras_vae.VAE, no NaN check (tensorflow)"
-    if checked in timings and unchecked in timings:
-        # Time with the check over time without it, less one.
-        summary["nonfinite_check_cost"] = (
-            paired_ratio(timings[checked], timings[unchecked]) - 1.0
-        )
+    for backend in BACKENDS:
+        checked = f"keras_vae.VAE ({backend})"
+        unchecked = f"keras_vae.VAE, no NaN check ({backend})"
+        if checked in timings and unchecked in timings:
+            # Time with the check over time without it, less one.
+            key = "nonfinite_check_cost" + (
+                "" if backend == "tensorflow" else f"_{backend}"
+            )
+            summary[key] = (
+                paired_ratio(timings[checked], timings[unchecked]) - 1.0
+            )
     return summary
 
 
