@@ -7,6 +7,9 @@ import json
 import warnings
 from pathlib import Path
 
+from helpers.sys_path_only import drop_editable_import_hooks
+
+drop_editable_import_hooks()
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import keras_vae
