@@ -54,7 +54,19 @@ def _wrapped(method, differentiated):
             _calls.depth = depth
 
     wrapper._keras_vae_inference = True
-    return wrapper
+    return _not_autograph_converted(wrapper)
+
+
+def _not_autograph_converted(wrapper):
+    """On TensorFlow, `wrapper` as AutoGraph must leave it: it caches its
+    conversions by code, and every wrapper shares one code, so inside a
+    `tf.function` all would call the method of the first one converted.
+    (The methods need no conversion: they are written in `keras.ops`.)"""
+    if keras.backend.backend() != "tensorflow":
+        return wrapper
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(wrapper)
 
 
 class InferenceMethods:
