@@ -340,14 +340,30 @@ void make_block(Block& b, const Launch& launch, uint3 block_idx,
   b.lanes.assign(slots, Lane());
   b.sync.reset(new char[slots / kWarp + 1]);
   b.stacks_bytes = threads * kStackBytes;
-  b.stacks = static_cast<char*>(mmap(nullptr, b.stacks_bytes,
+  // One mapping serves every block of every launch (blocks run one at a
+  // time); it grows to the largest block seen. Not under ThreadSanitizer: a
+  // fresh mapping per block keeps one block's stack frames from looking, to
+  // it, like a race with the next block's.
+  static char* stacks = nullptr;
+  static size_t stacks_bytes = 0;
+#if defined(KVAE_SIMT_TSAN)
+  const bool reuse = false;
+#else
+  const bool reuse = true;
+#endif
+  if (!reuse || stacks_bytes < b.stacks_bytes) {
+    if (stacks && reuse) munmap(stacks, stacks_bytes);
+    stacks = static_cast<char*>(mmap(nullptr, b.stacks_bytes,
                                      PROT_READ | PROT_WRITE,
                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                                      -1, 0));
-  if (b.stacks == MAP_FAILED) {
-    std::perror("simt: mmap of the fiber stacks");
-    std::abort();
+    if (stacks == MAP_FAILED) {
+      std::perror("simt: mmap of the fiber stacks");
+      std::abort();
+    }
+    stacks_bytes = b.stacks_bytes;
   }
+  b.stacks = stacks;
 #if defined(KVAE_SIMT_TSAN)
   b.tsan_scheduler = __tsan_get_current_fiber();
 #endif
@@ -383,10 +399,13 @@ void free_block(Block& b) {
   }
 #endif
 #if defined(KVAE_SIMT_ASAN)
-  // Frames of abandoned fibers leave their redzones poisoned.
+  // Frames of abandoned (or finished) fibers leave their redzones poisoned,
+  // and the next block reuses the stacks.
   __asan_unpoison_memory_region(b.stacks, b.stacks_bytes);
 #endif
+#if defined(KVAE_SIMT_TSAN)
   munmap(b.stacks, b.stacks_bytes);
+#endif
 }
 
 std::string invalid_configuration(const Launch& l) {
