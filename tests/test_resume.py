@@ -3,9 +3,8 @@
 A fit is SIGKILLed in the middle of an epoch and restarted with the same
 backup directory. It resumes from the last backup (the end of the last
 completed epoch: Keras restores the epoch, not the batch), with the model's
-weights, the optimizer's state and the seed generators' state; under
-`tf.config.experimental.enable_op_determinism()` its final weights equal
-those of a run that was never interrupted. The negative control resets the
+weights, the optimizer's state and the seed generators' state; with the backend's deterministic ops its final
+weights equal those of a run that was never interrupted. The negative control resets the
 seed generators after the restore and must end elsewhere, which shows the
 seed state is what the backup carried.
 """

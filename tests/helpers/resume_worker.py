@@ -1,5 +1,6 @@
-"""Trains the tiny VAE with BackupAndRestore and op determinism; run as a
-subprocess so that it can be killed.
+"""Trains the tiny VAE with BackupAndRestore and deterministic ops, on the
+Keras backend that KERAS_BACKEND names; run as a subprocess so that it can
+be killed.
 
     python resume_worker.py BACKUP_DIR OUT.npz [--kill-at EPOCH:BATCH]
                             [--reset-seed-state]
@@ -16,11 +17,7 @@ import argparse
 import os
 import signal
 
-import tensorflow as tf
-
-tf.config.experimental.enable_op_determinism()
-
-import keras  # noqa: E402
+import keras
 import numpy as np  # noqa: E402
 
 from helpers import tiny_vae  # noqa: E402
@@ -55,7 +52,22 @@ class ResetSeedState(keras.callbacks.Callback):
         self.model.seed_generator.state.assign(self.initial_state)
 
 
+def use_deterministic_ops():
+    """Each backend's switch to deterministic kernels (JAX's CPU kernels
+    are deterministic already)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+
+
 def main():
+    use_deterministic_ops()
     parser = argparse.ArgumentParser()
     parser.add_argument("backup_dir")
     parser.add_argument("out")
@@ -84,7 +96,9 @@ def main():
     np.savez(
         args.out,
         seed_state=keras.ops.convert_to_numpy(model.seed_generator.state),
-        iterations=int(model.optimizer.iterations.numpy()),
+        iterations=int(
+            keras.ops.convert_to_numpy(model.optimizer.iterations)
+        ),
         **{f"w{i}": w for i, w in enumerate(model.get_weights())},
     )
 
