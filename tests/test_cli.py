@@ -3,6 +3,7 @@ import json
 import sys
 import types
 
+import keras
 import numpy as np
 import pytest
 
@@ -318,11 +319,13 @@ def test_traverse_and_interpolate_write_grids(run_dir, tmp_path):
     # Row 0, column 3: the centre's code with dims[0] set to +1.
     code = means[3:4].copy()
     code[0, dims[0]] = 1.0
-    want = np.asarray(model.likelihood.mean(model.decode(code)))[0]
+    want = keras.ops.convert_to_numpy(
+        model.likelihood.mean(model.decode(code)))[0]
     np.testing.assert_allclose(images[0, 3], want, atol=1e-5)
     line = keras_vae.plotting.latent_interpolation(model, x[3], x[4], 6)
     assert line.shape == (6, 8, 8, 1)
-    ends = np.asarray(model.likelihood.mean(model.decode(means[3:5])))
+    ends = keras.ops.convert_to_numpy(
+        model.likelihood.mean(model.decode(means[3:5])))
     np.testing.assert_allclose(line[[0, -1]], ends, atol=1e-5)
 
 
