@@ -100,7 +100,10 @@ def test_cli_names_a_missing_plots_extra_before_training(
 
 
 def test_cli_names_a_missing_datasets_extra(monkeypatch, capsys, tmp_path):
+    # Both names: an import finds a submodule already loaded by an earlier
+    # test without looking at its package.
     monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     status = cli.main(["train", "--dataset", "digits", "--epochs", "1",
                        "--output", str(tmp_path / "r")])
     assert status == 2
