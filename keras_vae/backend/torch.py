@@ -65,14 +65,6 @@ def _cuda_stream(device):
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _device_seed(seed, device):
-    """The seed on ``device``, where the CUDA kernels read its words: no
-    copy to the host and no synchronization. A seed already there (a Keras
-    seed generator's state, or any CUDA seed) is used as is, so the call can
-    be captured in a CUDA graph; a CPU seed is copied without blocking."""
-    return seed.to(device=device, dtype=torch.int64, non_blocking=True)
-
-
 @torch.library.custom_op("keras_vae::reparameterize_kl", mutates_args=())
 def _forward(
     mean: torch.Tensor,
@@ -142,7 +134,7 @@ def _forward_cuda(mean, log_var, seed, num_samples, stop_log_ratio_param_grad):
     log_ratio = mean.new_empty(with_sample_axis(mean.shape[:-1], num_samples))
     arrays, dtype = _cuda_arrays(mean, log_var, z, kl, log_ratio)
     _kernels().cuda_forward(
-        *arrays, num_samples, _device_seed(seed, mean.device),
+        *arrays, num_samples, _seed(seed, mean.device),
         stream=_cuda_stream(mean.device), dtype=dtype,
         device=mean.device.index,
     )
@@ -196,7 +188,7 @@ def _backward_cuda(mean, log_var, seed, grad_z, grad_kl, grad_log_ratio,
     arrays, dtype = _cuda_arrays(mean, log_var, grad_z, grad_kl,
                                  grad_log_ratio, grad_mean, grad_log_var)
     _kernels().cuda_backward(
-        *arrays, grad_z.shape[0], _device_seed(seed, mean.device),
+        *arrays, grad_z.shape[0], _seed(seed, mean.device),
         stop_params=stop_log_ratio_param_grad,
         stream=_cuda_stream(mean.device), dtype=dtype,
         device=mean.device.index,
@@ -250,7 +242,9 @@ def _seed(seed, device="cpu"):
     """seed as an int64 [2] tensor on ``device`` (int32 words sign-extended).
 
     On mean's device, so that the ops dispatch on it alone; a CUDA seed for
-    CUDA tensors stays there (the kernels read it on the device).
+    CUDA tensors stays there (the kernels read it on the device, so the call
+    can be captured in a CUDA graph). The CUDA kernels call this too, for a
+    seed given to the raw op on another device.
     """
     if not isinstance(seed, torch.Tensor):
         try:
