@@ -163,12 +163,18 @@ def test_torch_cuda_forward_and_backward_match_cpu(dtype):
         _close(got, want, RTOL[dtype], what, scale=10.0)
 
 
+def _cuda_leaves(torch, shape):
+    """`_params(shape)` as CUDA tensors that record gradients, and the seed
+    on the same device."""
+    mean_np, lv_np = _params(shape)
+    return (torch.tensor(mean_np, device="cuda", requires_grad=True),
+            torch.tensor(lv_np, device="cuda", requires_grad=True),
+            torch.tensor(SEED, device="cuda"))
+
+
 def test_torch_cuda_opcheck():
     torch, backend = _torch_op()
-    mean_np, lv_np = _params((3, 8))
-    mean = torch.tensor(mean_np, device="cuda", requires_grad=True)
-    log_var = torch.tensor(lv_np, device="cuda", requires_grad=True)
-    seed = torch.tensor(SEED, device="cuda")
+    mean, log_var, seed = _cuda_leaves(torch, (3, 8))
     torch.library.opcheck(torch.ops.keras_vae.reparameterize_kl.default,
                           (mean, log_var, seed, 3, False))
     grads = (torch.randn(3, 3, 8, device="cuda"), torch.randn(3, device="cuda"),
@@ -179,10 +185,7 @@ def test_torch_cuda_opcheck():
 
 def test_torch_cuda_compile_matches_eager():
     torch, backend = _torch_op()
-    mean_np, lv_np = _params((4, 16))
-    mean = torch.tensor(mean_np, device="cuda", requires_grad=True)
-    log_var = torch.tensor(lv_np, device="cuda", requires_grad=True)
-    seed = torch.tensor(SEED, device="cuda")
+    mean, log_var, seed = _cuda_leaves(torch, (4, 16))
 
     def step(m, v, s):
         z, kl, lr = backend.reparameterize_kl(m, v, 5, s, True)
@@ -203,10 +206,7 @@ def test_torch_cuda_call_never_synchronizes_and_captures_in_a_graph():
     (PyTorch's sync debug mode raises on one), and forward plus backward
     replay from a CUDA graph with a seed refilled in place."""
     torch, backend = _torch_op()
-    mean_np, lv_np = _params((8, 32))
-    mean = torch.tensor(mean_np, device="cuda", requires_grad=True)
-    log_var = torch.tensor(lv_np, device="cuda", requires_grad=True)
-    seed = torch.tensor(SEED, device="cuda")
+    mean, log_var, seed = _cuda_leaves(torch, (8, 32))
 
     def step():
         z, kl, lr = backend.reparameterize_kl(mean, log_var, 3, seed)
