@@ -67,7 +67,7 @@ class VAE(
       `sum_k w~_k**2 * grad log w_k` (path through z only, `w~` the
       normalized weights), the decoder the standard IWAE gradient.
 
-    Inside an XLA-compiled step (`jit_compile=True`, the default on GPUs) the
+    Inside an XLA-compiled step (the default on TensorFlow and JAX) the
     op lowers to the same compiled kernels, so the step draws the same noise
     with or without XLA (README, "XLA").
 

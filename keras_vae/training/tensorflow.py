@@ -4,12 +4,29 @@ gradients from one persistent tape, and the non-finite guard in the graph.
 
 import tensorflow as tf
 from keras import ops
+from keras.src.trainers import trainer as keras_trainer
 
 from keras_vae.seeding import next_seed
 from keras_vae.training import trainer
 
 
 class TensorFlowTrainer(trainer.Trainer):
+    def _resolve_auto_jit_compile(self):
+        """`jit_compile="auto"`: XLA wherever the op's XLA lowering loaded.
+
+        Keras's own "auto" leaves a CPU without XLA. The VAE's step is
+        faster with it on a CPU at every K measured (BENCHMARKS.md), since
+        the op is one custom call inside the compiled step. Keras's other
+        exclusions stay: tf.distribute, and layers that do not support XLA.
+        """
+        if (
+            not self._distribute_strategy
+            and _xla_runs_the_kernels()
+            and keras_trainer.model_supports_jit(self)
+        ):
+            return True
+        return super()._resolve_auto_jit_compile()
+
     def _scaled(self, loss):
         # Keras's convention under tf.distribute: each replica's loss is
         # divided by the replica count, and the gradients are summed.
