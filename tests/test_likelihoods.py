@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 import tensorflow_probability as tfp
@@ -18,6 +20,40 @@ def test_bernoulli_log_prob_matches_tfp_summed_over_event():
     expected = tfd.Independent(tfd.Bernoulli(logits=logits), 2).log_prob(x)
     assert got.shape == (2, 4)
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
+
+
+def _recording_gradients(recording):
+    """PyTorch's grad mode, on or off; a no-op on the other backends."""
+    if keras.backend.backend() != "torch" or recording:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.no_grad()
+
+
+@pytest.mark.parametrize("recording", [True, False])
+def test_bernoulli_log_prob_with_and_without_gradients(recording):
+    """PyTorch sums the Bernoulli terms one way while recording gradients
+    and another (a contraction) without: both give TFP's value, for several
+    sample axes and for none; recording, the gradient is x - sigmoid(t)."""
+    x = (RNG.uniform(size=(4, 3, 5)) < 0.5).astype("float32")
+    logits = RNG.normal(scale=3.0, size=(3, 2, 4, 3, 5)).astype("float32")
+    with _recording_gradients(recording):
+        for t in (logits, logits[0, 0]):
+            got = to_numpy(likelihoods.Bernoulli().log_prob(x, t))
+            expected = tfd.Independent(tfd.Bernoulli(logits=t), 2).log_prob(x)
+            assert got.shape == t.shape[:-2]
+            np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
+    if recording:
+        variable = keras.Variable(logits)
+        grad = variable_gradient(
+            lambda: keras.ops.sum(
+                likelihoods.Bernoulli().log_prob(x, variable)
+            ),
+            variable,
+        )
+        expected = x - 1.0 / (1.0 + np.exp(-logits))
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bernoulli_log_prob_is_stable_for_large_logits():
