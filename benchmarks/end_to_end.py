@@ -3,9 +3,10 @@ plain Keras VAE, on every Keras backend in one interleaved run.
 
 The models are in `benchmarks.fit_models`. Each backend's candidates live
 in a worker process of their own (`benchmarks.fit_worker`); this process
-times one `fit` call at a time across all of them, in the rotating order of
-`interleaved_medians`, so load on the machine spreads over every backend
-alike.
+times one `fit` call at a time across all of them, in a shuffled order
+with a pause before each call (`interleaved_medians`), so load on the
+machine spreads over every backend alike and no call starts while another
+process's threads still spin.
 """
 
 import json
@@ -16,6 +17,9 @@ import sys
 from benchmarks.timing import interleaved_medians, paired_ratio
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# The pause before each timed fit call: longer than the thread pools of
+# TensorFlow, JAX and PyTorch spin after their last work.
+SETTLE_S = 0.25
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -132,7 +136,10 @@ def run(steps_per_k, batch_size, repeats, log=print, backends=BACKENDS):
                     jit[label] = (w, name, built["jit_compile"][name])
             # One fit call per sample; the first (tracing, compiling) is
             # warm-up.
-            timings = interleaved_medians(calls, repeats, min_sample_s=0.0)
+            timings = interleaved_medians(
+                calls, repeats, min_sample_s=0.0, shuffle_seed=num_samples,
+                settle_s=SETTLE_S,
+            )
             row = {"K": num_samples, "batch_size": batch_size, "steps": steps,
                    "candidates": {}}
             for label, (w, name, jit_compile) in jit.items():

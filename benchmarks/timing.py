@@ -3,8 +3,13 @@
 The machine the benchmarks run on is shared and noisy. Timing candidates one
 after the other lets a burst of outside load land on one of them only; running
 each candidate once per repetition, in a rotating order, spreads it over all.
+Where candidates run in processes of their own, the order is shuffled
+instead, with a pause before each sample: a rotation keeps every candidate
+behind the same predecessor, whose thread pools may still be spinning on
+the same cores when it starts.
 """
 
+import random
 import statistics
 import time
 
@@ -29,7 +34,8 @@ def calls_per_sample(fn, min_sample_s, max_calls=10_000):
         calls = min(max_calls, max(2 * calls, int(calls * grow)))
 
 
-def interleaved_medians(candidates, repeats, min_sample_s, warmup=2):
+def interleaved_medians(candidates, repeats, min_sample_s, warmup=2,
+                        shuffle_seed=None, settle_s=0.0):
     """Median seconds per call of each candidate, timed interleaved.
 
     Args:
@@ -41,6 +47,10 @@ def interleaved_medians(candidates, repeats, min_sample_s, warmup=2):
             sample, calibrated once per candidate after the warm-up.
         warmup: calls per candidate before timing starts (tracing, XLA
             compiling), at least 2; the last one starts the calibration.
+        shuffle_seed: when given, each repetition runs the candidates in an
+            order drawn from this seed instead of the rotation, so that no
+            candidate always follows the same one.
+        settle_s: seconds to wait, untimed, before each sample.
 
     Returns:
         dict name -> {"median_s", "min_s", "samples_s", "calls_per_sample"},
@@ -53,10 +63,17 @@ def interleaved_medians(candidates, repeats, min_sample_s, warmup=2):
             candidates[name]()
         calls[name] = calls_per_sample(candidates[name], min_sample_s)
     samples = {name: [] for name in names}
+    shuffler = None if shuffle_seed is None else random.Random(shuffle_seed)
     for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
+        if shuffler is None:
+            shift = rep % len(names)
+            order = names[shift:] + names[:shift]
+        else:
+            order = shuffler.sample(names, len(names))
+        for name in order:
             fn, n = candidates[name], calls[name]
+            if settle_s:
+                time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(n):
                 fn()

@@ -75,6 +75,47 @@ def test_interleaved_medians_rotates_and_reports_per_call(clock):
 
 
 @pytest.mark.backend_independent
+def test_interleaved_medians_shuffled_varies_the_predecessors(
+    clock, monkeypatch
+):
+    """With a shuffle seed every repetition runs each candidate once, in an
+    order the seed fixes, and no candidate always follows the same one; the
+    pause before each sample is not timed."""
+    def pause(seconds):
+        clock.now += seconds
+
+    monkeypatch.setattr(timing.time, "sleep", pause)
+
+    def orders(seed):
+        order = []
+
+        def candidate(name):
+            def run():
+                order.append(name)
+                clock.now += 1.0
+
+            return run
+
+        names = "abcd"
+        result = timing.interleaved_medians(
+            {n: candidate(n) for n in names}, repeats=12, min_sample_s=0.5,
+            shuffle_seed=seed, settle_s=5.0,
+        )
+        assert all(r["samples_s"] == [1.0] * 12 for r in result.values())
+        timed = order[2 * len(names):]
+        return [timed[i:i + 4] for i in range(0, len(timed), 4)]
+
+    reps = orders(seed=3)
+    assert all(sorted(rep) == list("abcd") for rep in reps)
+    assert orders(seed=3) == reps
+    assert orders(seed=4) != reps
+    for name in "abcd":
+        before = {rep[rep.index(name) - 1] for rep in reps
+                  if rep.index(name) > 0}
+        assert len(before) > 1, (name, reps)
+
+
+@pytest.mark.backend_independent
 def test_paired_ratio_cancels_load_shared_by_a_repetition():
     # Repetitions 2 and 3 ran under load that slowed both candidates 3x: the
     # ratio of medians would pair a loaded sample with a quiet one.
