@@ -7,6 +7,9 @@ sample decodes one z. The two are timed in alternation and compared as
 paired ratios, so that load on the machine falls on both alike.
 
     python -m benchmarks.evaluation_speed [--repeats 5] [--backends jax torch]
+
+PyTorch is measured twice: by default (eager) and with the model compiled
+with `jit_compile=True` (the chunks through `torch.compile`).
 """
 
 import argparse
@@ -28,10 +31,12 @@ import numpy as np
 import keras_vae
 from keras import ops
 
-num_samples, chunk_size, repeats = (int(a) for a in sys.argv[1:4])
+num_samples, chunk_size, repeats, jit_compile = (int(a) for a in sys.argv[1:5])
 backend = keras.backend.backend()
 encoder, decoder = keras_vae.presets.build("mlp", (28, 28, 1))
 vae = keras_vae.VAE(encoder, decoder, "bernoulli", seed=0)
+if jit_compile:
+    vae.compile("adam", jit_compile=True)
 batch = vae._log_likelihood_batch_size(chunk_size)
 x = (np.random.default_rng(0).uniform(size=(batch, 28, 28, 1)) < 0.3)
 x = x.astype("float32")
@@ -81,7 +86,8 @@ for r in range(repeats):
             time.perf_counter() - start)
 ratios = [d / l for d, l in zip(times["decoder"], times["log_likelihood"])]
 print("RESULT " + json.dumps({
-    "backend": backend, "batch": batch, "num_samples": num_samples,
+    "backend": backend + (", jit_compile=True" if jit_compile else ""),
+    "batch": batch, "num_samples": num_samples,
     "chunk_size": chunk_size,
     "log_likelihood_images_per_s": batch / float(np.median(times["log_likelihood"])),
     "decoder_images_per_s": batch / float(np.median(times["decoder"])),
@@ -91,14 +97,17 @@ print("RESULT " + json.dumps({
 """
 
 
-def measure(backend, repeats, num_samples=NUM_SAMPLES, chunk_size=CHUNK_SIZE):
-    """One backend's row, measured in a fresh process."""
+def measure(backend, repeats, num_samples=NUM_SAMPLES, chunk_size=CHUNK_SIZE,
+            jit_compile=False):
+    """One backend's row, measured in a fresh process; `jit_compile`: the
+    model compiled with `jit_compile=True` (on PyTorch, the chunks through
+    torch.compile; the first, untimed call compiles)."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(
                    p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, str(num_samples), str(chunk_size),
-         str(repeats)],
+         str(repeats), str(int(jit_compile))],
         env=env, cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
@@ -125,8 +134,12 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     args = parser.parse_args(argv)
     rows = []
-    for backend in args.backends:
-        rows.append(measure(backend, args.repeats))
+    runs = [(b, False) for b in args.backends]
+    if "torch" in args.backends:
+        # PyTorch's default is eager; torch.compile is its opt-in.
+        runs.append(("torch", True))
+    for backend, jit_compile in runs:
+        rows.append(measure(backend, args.repeats, jit_compile=jit_compile))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "times"}),
               flush=True)
     print(markdown(rows))
