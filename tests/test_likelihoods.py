@@ -13,15 +13,6 @@ tfd = tfp.distributions
 RNG = np.random.default_rng(0)
 
 
-def test_bernoulli_log_prob_matches_tfp_summed_over_event():
-    x = (RNG.uniform(size=(4, 3, 5)) < 0.5).astype("float32")
-    logits = RNG.normal(scale=3.0, size=(2, 4, 3, 5)).astype("float32")
-    got = to_numpy(likelihoods.Bernoulli().log_prob(x, logits))
-    expected = tfd.Independent(tfd.Bernoulli(logits=logits), 2).log_prob(x)
-    assert got.shape == (2, 4)
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5)
-
-
 def _recording_gradients(recording):
     """PyTorch's grad mode, on or off; a no-op on the other backends."""
     if keras.backend.backend() != "torch" or recording:
@@ -32,10 +23,11 @@ def _recording_gradients(recording):
 
 
 @pytest.mark.parametrize("recording", [True, False])
-def test_bernoulli_log_prob_with_and_without_gradients(recording):
-    """PyTorch sums the Bernoulli terms one way while recording gradients
-    and another (a contraction) without: both give TFP's value, for several
-    sample axes and for none; recording, the gradient is x - sigmoid(t)."""
+def test_bernoulli_log_prob_matches_tfp_summed_over_event(recording):
+    """TFP's value, summed over the event, for several sample axes and for
+    none. PyTorch sums the terms one way while recording gradients and
+    another (a contraction) without: both are checked. Recording, the
+    gradient is x - sigmoid(t)."""
     x = (RNG.uniform(size=(4, 3, 5)) < 0.5).astype("float32")
     logits = RNG.normal(scale=3.0, size=(3, 2, 4, 3, 5)).astype("float32")
     with _recording_gradients(recording):
